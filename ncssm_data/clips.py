@@ -1,0 +1,471 @@
+"""Clip files: validate, slice-read and atomically write ``clip_<i>.h5``.
+
+One clip is one HDF5 file holding time-aligned datasets, all with the same number of frames T:
+
+====================  ===========  ========  =========================================
+dataset               shape        stored    meaning
+====================  ===========  ========  =========================================
+``obs`` (required)    (T, D_obs)   float32   observation; columns named by ``obs_layout``
+``ctrl`` (required)   (T, A)       float32   ``ctrl[t]`` moved the body from frame t-1 to t
+``latent_mean``       (T, Z)       float32   intention behind ``ctrl[t]``
+``syllables``         (T,)         int32     syllable behind ``ctrl[t]``
+``qpos``              (T, nq)      float64   full physics state, for exact replay / reset
+``qvel``              (T, nv)      float64
+``act``               (T, na)      float64   actuator activation state
+====================  ===========  ========  =========================================
+
+File attributes: ``schema_version`` (int), ``obs_layout`` (JSON string), ``body`` (str),
+``control_dt`` (float, seconds), ``generator`` (str). Other datasets are ignored on read.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import operator
+import os
+import re
+import secrets
+import warnings
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import h5py
+import numpy as np
+
+from ncssm_data.errors import ClipError
+from ncssm_data.layout import (
+    LEGACY_LAYOUT,
+    Layout,
+    check_layout,
+    layout_from_json,
+    layout_to_json,
+    layout_width,
+    obs_slice,
+)
+
+SCHEMA_VERSION = 1
+CHUNK_FRAMES = 64  # frames per HDF5 chunk: a slice read touches only the chunks it overlaps
+
+
+class _Spec(NamedTuple):
+    ndim: int
+    required: bool
+    dtype: np.dtype  # how write_clip stores it
+
+
+_SPECS: dict[str, _Spec] = {
+    "obs": _Spec(2, True, np.dtype(np.float32)),
+    "ctrl": _Spec(2, True, np.dtype(np.float32)),
+    "latent_mean": _Spec(2, False, np.dtype(np.float32)),
+    "syllables": _Spec(1, False, np.dtype(np.int32)),
+    "qpos": _Spec(2, False, np.dtype(np.float64)),
+    "qvel": _Spec(2, False, np.dtype(np.float64)),
+    "act": _Spec(2, False, np.dtype(np.float64)),
+}
+_CLIP_NAME = re.compile(r"^clip_(\d+)\.h5$")
+
+
+# --------------------------------------------------------------------------- checks shared by read and write
+
+
+def _check_headers(headers: Mapping[str, tuple[tuple[int, ...], np.dtype]], where: str) -> int:
+    """Check the shapes and dtypes of known datasets; return T. ``headers``: key -> (shape, dtype)."""
+    for key, spec in _SPECS.items():
+        if spec.required and key not in headers:
+            raise ClipError(f"In {where}, the required dataset {key!r} is missing.")
+    for key, (shape, dtype) in headers.items():
+        spec = _SPECS[key]
+        if dtype.kind not in "iuf":
+            raise ClipError(f"In {where}, dataset {key!r} has dtype {dtype}, expected a numeric (int or float) dtype.")
+        if key == "syllables" and dtype.kind not in "iu":
+            raise ClipError(f"In {where}, dataset 'syllables' has dtype {dtype}, expected an integer dtype.")
+        if len(shape) != spec.ndim:
+            want = "(T,)" if spec.ndim == 1 else "(T, D)"
+            raise ClipError(f"In {where}, dataset {key!r} has shape {tuple(shape)}, expected {spec.ndim} dims {want}.")
+        if any(d == 0 for d in shape[1:]):
+            raise ClipError(f"In {where}, dataset {key!r} has shape {tuple(shape)}, expected a non-zero width.")
+    t_key, t = "obs", headers["obs"][0][0]
+    for key, (shape, _) in headers.items():
+        if shape[0] != t:
+            raise ClipError(
+                f"In {where}, dataset {key!r} has {shape[0]} frames but {t_key!r} has {t}; all datasets must share T."
+            )
+    return int(t)
+
+
+def _check_finite(data: np.ndarray, key: str, where: str, first_frame: int = 0) -> None:
+    """Raise if ``data`` (frames along axis 0, starting at absolute frame ``first_frame``) has NaN/Inf."""
+    if data.dtype.kind != "f" or data.size == 0:
+        return
+    finite = np.isfinite(data)
+    if finite.all():
+        return
+    rows = finite.reshape(len(data), -1)
+    row = int(np.argmin(rows.all(axis=1)))
+    bad = data.reshape(len(data), -1)[row][~rows[row]][0]
+    what = "NaN" if np.isnan(bad) else "Inf"
+    raise ClipError(f"In {where}, dataset {key!r} holds a non-finite value ({what}) at frame {first_frame + row}.")
+
+
+def _check_control_dt(value: Any, where: str) -> float:
+    if (
+        np.ndim(value) != 0
+        or isinstance(value, (bool, np.bool_, str, bytes))
+        or not isinstance(value, (int, float, np.integer, np.floating))
+        or not math.isfinite(float(value))
+        or float(value) <= 0
+    ):
+        raise ClipError(f"In {where}, control_dt is {value!r}, expected a positive finite number of seconds.")
+    return float(value)
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def _write_dataset(f: h5py.File, key: str, data: np.ndarray) -> None:
+    """Write one dataset, chunked along T (``CHUNK_FRAMES`` frames x full width), uncompressed."""
+    chunks = (min(CHUNK_FRAMES, data.shape[0]), *data.shape[1:])
+    f.create_dataset(key, data=data, chunks=chunks)
+
+
+def write_clip(
+    path: str | os.PathLike[str],
+    arrays: Mapping[str, np.ndarray],
+    *,
+    obs_layout: Mapping[str, tuple[int, int]],
+    body: str,
+    control_dt: float,
+    generator: str,
+) -> Path:
+    """Validate and atomically write one clip file; return its path.
+
+    ``arrays`` holds ``obs`` (T, D_obs) and ``ctrl`` (T, A), and optionally ``latent_mean``
+    (T, Z), ``syllables`` (T,) integer, ``qpos`` (T, nq), ``qvel`` (T, nv), ``act`` (T, na).
+    Everything is checked before anything is written; the file appears under ``path`` only
+    complete (temp file in the same folder, fsync, ``os.replace``), and on any failure a file
+    already at ``path`` is left untouched.
+    """
+    path = Path(path)
+    where = f"new clip file {path}"
+    unknown = sorted(set(arrays) - set(_SPECS))
+    if unknown:
+        raise ClipError(f"In {where}, dataset key(s) {unknown} are unknown; known keys are {list(_SPECS)}.")
+    given = {key: np.asarray(value) for key, value in arrays.items()}
+    _check_headers({key: (a.shape, a.dtype) for key, a in given.items()}, where)
+    layout = check_layout(obs_layout, given["obs"].shape[1], where)
+    if not isinstance(body, str) or not body:
+        raise ClipError(f"In {where}, body is {body!r}, expected a non-empty string.")
+    if not isinstance(generator, str):
+        raise ClipError(f"In {where}, generator is {generator!r}, expected a string.")
+    dt = _check_control_dt(control_dt, where)
+
+    data: dict[str, np.ndarray] = {}
+    for key in _SPECS:  # canonical order
+        if key not in given:
+            continue
+        a = given[key]
+        dtype = _SPECS[key].dtype
+        if dtype.kind == "i" and a.size and (a.min() < np.iinfo(dtype).min or a.max() > np.iinfo(dtype).max):
+            raise ClipError(f"In {where}, dataset {key!r} has values outside the {dtype} range.")
+        with np.errstate(over="ignore"):
+            a = np.ascontiguousarray(a, dtype=dtype)
+        _check_finite(a, key, where)  # after the cast: float64 -> float32 may overflow to Inf
+        data[key] = a
+
+    if not path.parent.is_dir():
+        raise ClipError(f"In {where}, the folder {path.parent} does not exist.")
+    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
+    f = h5py.File(tmp, "w-")
+    try:
+        with f:
+            for key, a in data.items():
+                _write_dataset(f, key, a)
+            f.attrs["schema_version"] = SCHEMA_VERSION
+            f.attrs["obs_layout"] = layout_to_json(layout)
+            f.attrs["body"] = body
+            f.attrs["control_dt"] = dt
+            f.attrs["generator"] = generator
+            f.flush()
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_folder(path.parent)
+    return path
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Make the rename durable where the platform allows it (best effort)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+# --------------------------------------------------------------------------- reading
+
+
+@dataclass(frozen=True)
+class _Header:
+    """What opening a clip learns without reading data."""
+
+    path: Path
+    shapes: dict[str, tuple[int, ...]]
+    length: int
+    layout: Layout
+    legacy: bool  # no obs_layout attribute: LEGACY_LAYOUT assumed
+    body: str | None
+    control_dt: float | None
+
+
+def _attr_str(attrs: Mapping[str, Any], name: str, where: str) -> str | None:
+    value = attrs.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", errors="replace")
+    if not isinstance(value, str):
+        raise ClipError(f"In {where}, attribute {name!r} is {value!r}, expected a string.")
+    return str(value)
+
+
+def _read_header(path: Path) -> _Header:
+    """Open ``path`` read-only and validate its headers (shapes, dtypes, attributes) only."""
+    where = f"clip file {path}"
+    try:
+        with h5py.File(path, "r") as f:
+            headers = {}
+            for key in _SPECS:
+                if key in f:
+                    obj = f[key]
+                    if not isinstance(obj, h5py.Dataset):
+                        raise ClipError(f"In {where}, {key!r} is a {type(obj).__name__}, expected a dataset.")
+                    headers[key] = (obj.shape, obj.dtype)
+            attrs = dict(f.attrs)
+    except OSError as e:
+        raise ClipError(f"Clip file {path} is not a readable HDF5 file (truncated or corrupt?).") from e
+
+    length = _check_headers(headers, where)
+    if "schema_version" in attrs and attrs["schema_version"] != SCHEMA_VERSION:
+        raise ClipError(
+            f"In {where}, schema_version is {attrs['schema_version']!r}, expected {SCHEMA_VERSION} "
+            f"(or none for legacy files)."
+        )
+    obs_dim = headers["obs"][0][1]
+    text = _attr_str(attrs, "obs_layout", where)
+    if text is None:
+        if layout_width(LEGACY_LAYOUT) != obs_dim:
+            raise ClipError(
+                f"Clip file {path} has no obs_layout attribute and its obs dim {obs_dim} does not match "
+                f"the legacy {layout_width(LEGACY_LAYOUT)}."
+            )
+        layout, legacy = dict(LEGACY_LAYOUT), True
+    else:
+        layout, legacy = check_layout(layout_from_json(text, where), obs_dim, where), False
+    control_dt = attrs.get("control_dt")
+    return _Header(
+        path=path,
+        shapes={key: tuple(int(d) for d in shape) for key, (shape, _) in headers.items()},
+        length=length,
+        layout=layout,
+        legacy=legacy,
+        body=_attr_str(attrs, "body", where),
+        control_dt=None if control_dt is None else _check_control_dt(control_dt, where),
+    )
+
+
+def _check_agree(a: _Header, b: _Header) -> None:
+    """Clips of one store share layout, body, control_dt and the widths of common datasets."""
+
+    def differ(what: str, x: Any, y: Any) -> ClipError:
+        return ClipError(f"Clip files {a.path} and {b.path} disagree on {what}: {x!r} vs {y!r}.")
+
+    if a.layout != b.layout:
+        raise differ("obs_layout", json.loads(layout_to_json(a.layout)), json.loads(layout_to_json(b.layout)))
+    if a.body != b.body:
+        raise differ("body", a.body, b.body)
+    if (a.control_dt is None) != (b.control_dt is None) or (
+        a.control_dt is not None and not math.isclose(a.control_dt, b.control_dt, rel_tol=1e-9)
+    ):
+        raise differ("control_dt", a.control_dt, b.control_dt)
+    for key in a.shapes.keys() & b.shapes.keys():
+        if a.shapes[key][1:] != b.shapes[key][1:]:
+            raise differ(f"the width of {key!r}", a.shapes[key][1:], b.shapes[key][1:])
+
+
+def _clip_paths(root: Path) -> list[Path]:
+    """``clip_<i>.h5`` files in ``root``, sorted by the integer i (clip_2 before clip_10)."""
+    found = [(int(m.group(1)), p.name, p) for p in root.iterdir() if (m := _CLIP_NAME.match(p.name)) and p.is_file()]
+    return [p for _, _, p in sorted(found)]
+
+
+class ClipStore:
+    """A folder of ``clip_<i>.h5`` files, validated on open (headers only), read by frame slices.
+
+    Opening reads shapes, dtypes and attributes of every clip and checks them against each
+    other; data are read only by :meth:`read` / :meth:`obs` / :meth:`read_clip`, which check
+    that what they read is finite. File handles are opened on first read and cached.
+    """
+
+    def __init__(self, root: str | os.PathLike[str], *, min_length: int = 1) -> None:
+        if min_length < 1:
+            raise ValueError(f"min_length is {min_length}, expected at least 1.")
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise ClipError(f"Clip folder {self.root} does not exist or is not a folder.")
+        paths = _clip_paths(self.root)
+        if not paths:
+            raise ClipError(f"Clip folder {self.root} holds no clip_<i>.h5 files.")
+        headers = [_read_header(p) for p in paths]
+        for h in headers:
+            if h.length < min_length:
+                raise ClipError(f"Clip file {h.path} has {h.length} frames, fewer than min_length {min_length}.")
+        for h in headers[1:]:
+            _check_agree(headers[0], h)
+        n_legacy = sum(h.legacy for h in headers)
+        if n_legacy:
+            warnings.warn(
+                f"{n_legacy} of {len(headers)} clip files in {self.root} have no obs_layout attribute; "
+                f"the default legacy layout {LEGACY_LAYOUT} is assumed.",
+                UserWarning,
+                stacklevel=2,
+            )
+        self._headers = headers
+        self._handles: dict[int, h5py.File] = {}
+        self._pid = os.getpid()
+
+    # ---------------------------------------------------------------- description
+
+    def __len__(self) -> int:
+        return len(self._headers)
+
+    def __repr__(self) -> str:
+        return f"ClipStore({str(self.root)!r}, clips={len(self)}, frames={int(self.lengths.sum())})"
+
+    @property
+    def paths(self) -> list[Path]:
+        """The clip files, in clip order."""
+        return [h.path for h in self._headers]
+
+    @property
+    def lengths(self) -> np.ndarray:
+        """(n_clips,) int64: T of each clip."""
+        return np.array([h.length for h in self._headers], dtype=np.int64)
+
+    @property
+    def keys(self) -> frozenset[str]:
+        """The dataset keys present in every clip."""
+        return frozenset.intersection(*(frozenset(h.shapes) for h in self._headers))
+
+    @property
+    def dims(self) -> dict[str, tuple[int, ...]]:
+        """key -> trailing shape (``()`` for syllables, ``(D,)`` otherwise), for keys in every clip."""
+        shapes = self._headers[0].shapes
+        return {key: shapes[key][1:] for key in _SPECS if key in self.keys}
+
+    @property
+    def obs_layout(self) -> Layout:
+        """The observation layout shared by all clips (a copy)."""
+        return dict(self._headers[0].layout)
+
+    @property
+    def body(self) -> str | None:
+        """The ``body`` attribute shared by all clips, or None if absent."""
+        return self._headers[0].body
+
+    @property
+    def control_dt(self) -> float | None:
+        """Seconds between frames, shared by all clips, or None if absent."""
+        return self._headers[0].control_dt
+
+    def has(self, key: str) -> bool:
+        """Whether every clip holds dataset ``key``."""
+        return key in self.keys
+
+    # ---------------------------------------------------------------- reading
+
+    def _header(self, i: int) -> _Header:
+        i = operator.index(i)
+        if not 0 <= i < len(self._headers):
+            raise ClipError(f"Clip index {i} is out of range for the {len(self)} clips in {self.root}.")
+        return self._headers[i]
+
+    def _file(self, i: int) -> h5py.File:
+        if self._pid != os.getpid():  # forked: HDF5 handles must not be shared across processes
+            self._handles, self._pid = {}, os.getpid()
+        f = self._handles.get(i)
+        if f is None:
+            path = self._headers[i].path
+            try:
+                f = h5py.File(path, "r")
+            except OSError as e:
+                raise ClipError(f"Clip file {path} is not a readable HDF5 file (truncated or corrupt?).") from e
+            self._handles[i] = f
+        return f
+
+    def _read(self, i: int, key: str, start: int, stop: int | None, cols: slice | None = None) -> np.ndarray:
+        h = self._header(i)
+        if key not in h.shapes:
+            raise ClipError(f"Clip file {h.path} has no dataset {key!r}; it has {sorted(h.shapes)}.")
+        start = operator.index(start)
+        stop = h.length if stop is None else operator.index(stop)
+        if not 0 <= start < stop <= h.length:
+            raise ClipError(
+                f"Frames [{start}, {stop}) of {key!r} are out of range for clip file {h.path}, "
+                f"which has {h.length} frames."
+            )
+        ds = self._file(i)[key]
+        if ds.shape != h.shapes[key]:
+            raise ClipError(
+                f"Clip file {h.path} changed since the store was opened: {key!r} now has shape {ds.shape}, "
+                f"not {h.shapes[key]}."
+            )
+        try:
+            data = ds[start:stop] if cols is None else ds[start:stop, cols]
+        except OSError as e:
+            raise ClipError(f"Clip file {h.path} dataset {key!r} could not be read (truncated or corrupt?).") from e
+        _check_finite(data, key, f"clip file {h.path}", first_frame=start)
+        return data
+
+    def read(self, i: int, key: str, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """Frames ``[start, stop)`` of dataset ``key`` of clip ``i``: (stop - start, *dims[key]).
+
+        Only those frames are read from disk. Raises :class:`ClipError` if they hold NaN/Inf.
+        """
+        return self._read(i, key, start, stop)
+
+    def obs(self, i: int, name: str, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """The layout slice ``name`` of ``obs`` for frames ``[start, stop)``: (stop - start, width)."""
+        cols = obs_slice(self._headers[0].layout, name, where=f"the observation layout of {self.root}")
+        return self._read(i, "obs", start, stop, cols)
+
+    def read_clip(self, i: int, keys: Iterable[str] | None = None) -> dict[str, np.ndarray]:
+        """All frames of ``keys`` of clip ``i`` (default: every dataset it holds): key -> (T, ...)."""
+        if keys is None:
+            keys = self._header(i).shapes
+        return {key: self._read(i, key, 0, None) for key in keys}
+
+    # ---------------------------------------------------------------- handles
+
+    def close(self) -> None:
+        """Close the cached file handles (a later read reopens them)."""
+        handles, self._handles = self._handles, {}
+        for f in handles.values():
+            f.close()
+
+    def __enter__(self) -> ClipStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,277 @@
+"""``TrackEnv``: the body tracking reference clips, as a Gymnasium env on MuJoCo C.
+
+``gymnasium.make("NCSSM-Track-v0", body="rodent", clip_dir=None, clips=None, K=5, task=None)``
+after ``import ncssm_env``. Each step applies one action for ``n_substeps`` physics steps and
+advances the reference by one clip frame; the task math is :mod:`ncssm_env.task`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import gymnasium as gym
+import mujoco
+import numpy as np
+
+from ncssm_data import ClipError, ClipStore
+from ncssm_env import task as _task
+from ncssm_env.body import BodyIndex, body_def, body_index, build_model
+
+
+@dataclass(frozen=True)
+class Clip:
+    """One reference clip in memory: the physics state of each frame and its kinematics.
+
+    qpos (T, nq), qvel (T, nv), act (T, na), ctrl (T, nu); ``ref`` is a :class:`task.Kin`
+    whose fields have a leading T.
+    """
+
+    qpos: np.ndarray
+    qvel: np.ndarray
+    act: np.ndarray
+    ctrl: np.ndarray
+    ref: _task.Kin
+
+    @property
+    def length(self) -> int:
+        return self.qpos.shape[0]
+
+
+def clip_kinematics(model: mujoco.MjModel, idx: BodyIndex, qpos: np.ndarray, qvel: np.ndarray):
+    """Forward kinematics of every frame: a :class:`~ncssm_env.task.Kin` with fields (T, ...)."""
+    data = mujoco.MjData(model)
+    T = qpos.shape[0]
+    xpos = np.empty((T, model.nbody, 3))
+    xmat = np.empty((T, model.nbody, 9))
+    for t in range(T):
+        data.qpos[:] = qpos[t]
+        mujoco.mj_kinematics(model, data)
+        xpos[t], xmat[t] = data.xpos, data.xmat
+    return _task.kin(np, idx, qpos, qvel, xpos, xmat)
+
+
+def finite_difference_qvel(model: mujoco.MjModel, qpos: np.ndarray, dt: float) -> np.ndarray:
+    """Velocities (T, nv) from positions (T, nq): backward differences, forward at frame 0."""
+    qvel = np.zeros((qpos.shape[0], model.nv))
+    for t in range(1, qpos.shape[0]):
+        mujoco.mj_differentiatePos(model, qvel[t], dt, qpos[t - 1], qpos[t])
+    if qpos.shape[0] > 1:
+        qvel[0] = qvel[1]
+    return qvel
+
+
+class TrackEnv(gym.Env):
+    """Track a reference clip with a MuJoCo body.
+
+    Args:
+        body: ``"rodent"`` or ``"test"`` (see :mod:`ncssm_env.body`).
+        clip_dir: a folder of ``clip_<i>.h5`` files with ``/qpos``; ``None`` uses the built-in
+            clips of ``body``, generated on first use (:func:`ncssm_env.synthetic.builtin_clips`).
+        clips: indices of the clips to draw episodes from (default: all).
+        K: number of future reference frames in the observation.
+        task: a :class:`task.TaskConfig` or a mapping of its fields.
+        contacts, timestep, n_substeps: physics (2 ms x 10 substeps = 50 Hz control).
+        render_mode: ``None`` or ``"rgb_array"``; ``width``/``height`` size the frame.
+
+    Observation: float32 ``(D_obs,)`` named by ``obs_layout``. Action: float32 ``(nu,)`` in the
+    actuators' ctrl ranges. ``info`` carries the clip, frame, each reward term, each error and
+    each termination cause.
+    """
+
+    metadata = {"render_modes": ["rgb_array"], "render_fps": 50}
+
+    def __init__(
+        self,
+        body: str = "rodent",
+        clip_dir: str | Path | None = None,
+        clips: Sequence[int] | None = None,
+        K: int = 5,
+        task: _task.TaskConfig | Mapping[str, Any] | None = None,
+        contacts: str = "body",
+        timestep: float = 0.002,
+        n_substeps: int = 10,
+        render_mode: str | None = None,
+        width: int = 320,
+        height: int = 240,
+    ):
+        if not (isinstance(K, int) and K >= 1):
+            raise ValueError(f"K must be an int >= 1 (future reference frames), got {K!r}.")
+        if not (isinstance(n_substeps, int) and n_substeps >= 1):
+            raise ValueError(f"n_substeps must be an int >= 1, got {n_substeps!r}.")
+        if render_mode not in (None, *self.metadata["render_modes"]):
+            raise ValueError(
+                f"Unknown render_mode {render_mode!r}; expected None or 'rgb_array'."
+            )
+        self.body = body
+        self.bdef = body_def(body)
+        self.cfg = task if isinstance(task, _task.TaskConfig) else _task.TaskConfig.from_dict(task)
+        self.healthy_z = self.cfg.healthy_z or self.bdef.healthy_z
+        self.K, self.n_substeps = K, n_substeps
+        self.model = build_model(body, contacts=contacts, timestep=timestep)
+        self.data = mujoco.MjData(self.model)
+        self.idx = body_index(self.model, body)
+        self.control_dt = timestep * n_substeps
+        self.metadata = {**self.metadata, "render_fps": round(1.0 / self.control_dt)}
+
+        if clip_dir is None:
+            from ncssm_env.synthetic import builtin_clips
+
+            clip_dir = builtin_clips(body)
+        self.clip_dir = Path(clip_dir)
+        self.store = ClipStore(self.clip_dir, min_length=K + 1)
+        self._check_store()
+        self.clip_ids = self._select(clips)
+        self._clips: dict[int, Clip] = {}
+
+        self.obs_layout = _task.obs_layout(K, self.idx)
+        obs_dim = max(stop for _, stop in self.obs_layout.values())
+        self.observation_space = gym.spaces.Box(-np.inf, np.inf, (obs_dim,), np.float32)
+        lo, hi = self.model.actuator_ctrlrange.T.astype(np.float32)
+        self.action_space = gym.spaces.Box(lo, hi, dtype=np.float32)
+
+        self.render_mode, self.width, self.height = render_mode, width, height
+        self._renderer: mujoco.Renderer | None = None
+        self._clip: Clip | None = None
+        self._clip_id = -1
+        self._t = 0
+        self._prev_action = np.zeros(self.model.nu)
+
+    # --- clips --------------------------------------------------------------------------
+
+    def _check_store(self) -> None:
+        store, m, where = self.store, self.model, self.clip_dir
+        if not store.has("qpos"):
+            raise ClipError(f"Clips in {where} lack the dataset /qpos, which tracking needs.")
+        for key, want in (("qpos", m.nq), ("qvel", m.nv), ("act", m.na), ("ctrl", m.nu)):
+            if store.has(key) and store.dims[key] != (want,):
+                raise ClipError(
+                    f"Clips in {where} have /{key} of width {store.dims[key]}, but body "
+                    f"{self.body!r} needs ({want},); were they made for another body?"
+                )
+        if store.body is not None and store.body != self.body:
+            raise ClipError(f"Clips in {where} are for body {store.body!r}, not {self.body!r}.")
+        if store.control_dt is not None and abs(store.control_dt - self.control_dt) > 1e-9:
+            raise ClipError(
+                f"Clips in {where} have control_dt {store.control_dt} s, but the env steps "
+                f"{self.control_dt} s (timestep x n_substeps)."
+            )
+
+    def _select(self, clips: Sequence[int] | None) -> np.ndarray:
+        n = len(self.store)
+        ids = np.arange(n) if clips is None else np.asarray(list(clips), dtype=np.int64)
+        if ids.size == 0 or ids.min() < 0 or ids.max() >= n:
+            raise ValueError(
+                f"clips must be a non-empty list of indices in [0, {n}) for {self.clip_dir}, "
+                f"got {list(clips) if clips is not None else None}."
+            )
+        return ids
+
+    def clip(self, i: int) -> Clip:
+        """Clip ``i`` of the store, read and its kinematics computed once."""
+        if i not in self._clips:
+            arrays = self.store.read_clip(i, [k for k in ("qpos", "qvel", "act", "ctrl")
+                                              if self.store.has(k)])
+            qpos = arrays["qpos"]
+            qvel = arrays.get("qvel")
+            if qvel is None:
+                qvel = finite_difference_qvel(self.model, qpos, self.control_dt)
+            ctrl = arrays["ctrl"].astype(np.float64)
+            act = arrays.get("act")
+            if act is None:  # filter actuators settle on their control
+                act = ctrl[:, : self.model.na] if self.model.na else np.zeros((len(qpos), 0))
+            ref = clip_kinematics(self.model, self.idx, qpos, qvel)
+            self._clips[i] = Clip(qpos, qvel, act, ctrl, ref)
+        return self._clips[i]
+
+    # --- gymnasium API ------------------------------------------------------------------
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        super().reset(seed=seed)
+        options = dict(options or {})
+        unknown = set(options) - {"clip", "start"}
+        if unknown:
+            raise ValueError(f"Unknown reset option {sorted(unknown)[0]!r}; expected 'clip' or 'start'.")
+        rng = self.np_random
+        i = int(options["clip"]) if "clip" in options else int(rng.choice(self.clip_ids))
+        if not 0 <= i < len(self.store):
+            raise ValueError(f"Reset option clip={i} is outside [0, {len(self.store)}).")
+        clip = self.clip(i)
+        T = clip.length
+        t = int(options["start"]) if "start" in options else int(rng.integers(0, T - 1))
+        if not 0 <= t <= T - 2:
+            raise ValueError(f"Reset option start={t} must be in [0, {T - 2}] for clip {i} of length {T}.")
+        d, m = self.data, self.model
+        mujoco.mj_resetData(m, d)
+        d.qpos[:] = clip.qpos[t]
+        d.qpos[7:] += rng.uniform(-self.cfg.reset_noise, self.cfg.reset_noise, m.nq - 7)
+        d.qvel[:] = clip.qvel[t]
+        d.act[:] = clip.act[t]
+        d.ctrl[:] = clip.ctrl[t]
+        mujoco.mj_kinematics(m, d)
+        self._clip, self._clip_id, self._t = clip, i, t
+        self._prev_action = clip.ctrl[t].copy()
+        return self._obs(self._kin()), {"clip": i, "t": t}
+
+    def step(self, action):
+        a = np.asarray(action, dtype=np.float64)
+        if a.shape != (self.model.nu,):
+            raise ValueError(
+                f"Action has shape {a.shape}; body {self.body!r} expects ({self.model.nu},)."
+            )
+        if self._clip is None:
+            raise RuntimeError("Call reset() before step().")
+        m, d = self.model, self.data
+        finite_action = bool(np.isfinite(a).all())
+        if finite_action:
+            d.ctrl[:] = a
+            mujoco.mj_step(m, d, nstep=self.n_substeps)
+            mujoco.mj_kinematics(m, d)
+            self._t += 1
+        cur = self._kin()
+        ref_t = _task.take(np, self._clip.ref, self._t)
+        err = _task.errors(np, cur, ref_t)
+        finite = finite_action and bool(np.isfinite(d.qpos).all() and np.isfinite(d.qvel).all())
+        rew, terms = _task.reward(np, self.cfg, err, a, self._prev_action)
+        terminated, causes = _task.termination(np, self.cfg, err, cur, self.healthy_z, finite)
+        if not finite:
+            rew = 0.0
+            causes["nan"] = True
+        truncated = self._t >= self._clip.length - 1
+        self._prev_action = a if finite_action else self._prev_action
+        info = {
+            "clip": self._clip_id,
+            "t": self._t,
+            "reward_terms": {k: float(v) for k, v in terms.items()},
+            "errors": {k: float(v) for k, v in err.items()},
+            "termination": {k: bool(v) for k, v in causes.items()},
+        }
+        obs = self._obs(cur) if finite else np.zeros(self.observation_space.shape, np.float32)
+        return obs, float(rew), bool(terminated or not finite), bool(truncated), info
+
+    def render(self):
+        if self.render_mode != "rgb_array":
+            return None
+        if self._renderer is None:
+            self._renderer = mujoco.Renderer(self.model, self.height, self.width)
+        self._renderer.update_scene(self.data, camera="track")
+        return self._renderer.render()
+
+    def close(self):
+        if self._renderer is not None:
+            self._renderer.close()
+            self._renderer = None
+        self.store.close()
+
+    # --- helpers ------------------------------------------------------------------------
+
+    def _kin(self) -> _task.Kin:
+        d = self.data
+        return _task.kin(np, self.idx, d.qpos, d.qvel, d.xpos, d.xmat)
+
+    def _obs(self, cur: _task.Kin) -> np.ndarray:
+        idx = _task.window(np, self._clip.length, self._t, self.K)
+        ref = _task.take(np, self._clip.ref, idx)
+        return _task.observation(np, cur, ref, self._prev_action).astype(np.float32)
+
