@@ -149,11 +149,17 @@ def build_model(
 
 @dataclass(frozen=True)
 class BodyIndex:
-    """Integer ids into an ``MjModel`` for the task math (numpy arrays, usable under jit)."""
+    """Integer ids into an ``MjModel`` for the task math (numpy arrays, usable under jit).
 
+    ``points`` are the tracked bodies in the task's order: the root, then the
+    ``n_end_effectors`` end effectors, then the ``n_bodies`` other bodies.
+    """
+
+    root: int
     torso: int
-    end_effectors: np.ndarray  # (n_ee,) body ids
-    bodies: np.ndarray  # (n_bodies,) body ids
+    points: np.ndarray  # (1 + n_end_effectors + n_bodies,) body ids
+    n_end_effectors: int
+    n_bodies: int
     nq: int
     nv: int
     nu: int
@@ -164,13 +170,13 @@ def body_index(model: mujoco.MjModel, body: str) -> BodyIndex:
     """Look up the ids the task needs; every name must exist in ``model``."""
     bdef = body_def(body)
 
-    def ids(names: tuple[str, ...]) -> np.ndarray:
-        return np.array([model.body(PREFIX + n).id for n in names], dtype=np.int32)
-
+    points = (bdef.root, *bdef.end_effectors, *bdef.bodies)
     return BodyIndex(
+        root=model.body(PREFIX + bdef.root).id,
         torso=model.body(PREFIX + bdef.torso).id,
-        end_effectors=ids(bdef.end_effectors),
-        bodies=ids(bdef.bodies),
+        points=np.array([model.body(PREFIX + n).id for n in points], dtype=np.int32),
+        n_end_effectors=len(bdef.end_effectors),
+        n_bodies=len(bdef.bodies),
         nq=model.nq,
         nv=model.nv,
         nu=model.nu,

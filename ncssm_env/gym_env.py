@@ -49,7 +49,8 @@ def clip_kinematics(model: mujoco.MjModel, idx: BodyIndex, qpos: np.ndarray, qve
         data.qpos[:] = qpos[t]
         mujoco.mj_kinematics(model, data)
         xpos[t], xmat[t] = data.xpos, data.xmat
-    return _task.kin(np, idx, qpos, qvel, xpos, xmat)
+    # contiguous fields: indexing frames of a strided view would copy the whole clip
+    return _task.Kin(*map(np.ascontiguousarray, _task.kin(np, idx, qpos, qvel, xpos, xmat)))
 
 
 def finite_difference_qvel(model: mujoco.MjModel, qpos: np.ndarray, dt: float) -> np.ndarray:
@@ -231,7 +232,7 @@ class TrackEnv(gym.Env):
             self._t += 1
         cur = self._kin()
         ref_t = _task.take(np, self._clip.ref, self._t)
-        err = _task.errors(np, cur, ref_t)
+        err = _task.errors(np, cur, ref_t, self.idx.n_end_effectors)
         finite = finite_action and bool(np.isfinite(d.qpos).all() and np.isfinite(d.qvel).all())
         rew, terms = _task.reward(np, self.cfg, err, a, self._prev_action)
         terminated, causes = _task.termination(np, self.cfg, err, cur, self.healthy_z, finite)
@@ -273,5 +274,7 @@ class TrackEnv(gym.Env):
     def _obs(self, cur: _task.Kin) -> np.ndarray:
         idx = _task.window(np, self._clip.length, self._t, self.K)
         ref = _task.take(np, self._clip.ref, idx)
-        return _task.observation(np, cur, ref, self._prev_action).astype(np.float32)
+        return _task.observation(
+            np, cur, ref, self._prev_action, self.idx.n_end_effectors
+        ).astype(np.float32)
 

@@ -154,8 +154,9 @@ def rollout_clip(model: mujoco.MjModel, idx: BodyIndex, params: _Params, program
             out["ctrl"][t], out["latent_mean"][t], out["syllables"][t] = ctrl, z, s
     ref = clip_kinematics(model, idx, out["qpos"], out["qvel"])
     window = task.take(np, ref, task.window(np, T, np.arange(T), K))
-    out["obs"] = task.observation(np, ref, window, out["ctrl"].astype(np.float64)).astype(
-        np.float32)
+    out["obs"] = task.observation(
+        np, ref, window, out["ctrl"].astype(np.float64), idx.n_end_effectors
+    ).astype(np.float32)
     return out
 
 
