@@ -1,0 +1,51 @@
+"""Shared fixtures: a private clip cache, JAX's compilation cache, and small clip folders."""
+
+import os
+import tempfile
+
+os.environ.setdefault("MUJOCO_GL", "egl")  # headless rendering; must precede importing mujoco
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_cache(tmp_path_factory):
+    """Built-in clips go to a fresh cache for the session (the user's is never touched)."""
+    old = os.environ.get("NCSSM_CACHE")
+    os.environ["NCSSM_CACHE"] = str(tmp_path_factory.mktemp("ncssm_cache"))
+    yield
+    if old is None:
+        os.environ.pop("NCSSM_CACHE", None)
+    else:
+        os.environ["NCSSM_CACHE"] = old
+
+
+@pytest.fixture(scope="session")
+def jax_cache():
+    """JAX with a persistent compilation cache shared by the session's MJX tests."""
+    import jax
+
+    jax.config.update(
+        "jax_compilation_cache_dir",
+        os.environ.get("NCSSM_JAX_CACHE", os.path.join(tempfile.gettempdir(), "ncssm-jax-cache")),
+    )
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+    return jax
+
+
+@pytest.fixture(scope="session")
+def test_clips(tmp_path_factory):
+    """Three clips of 80 frames of the behaviour program in the small test body."""
+    from ncssm_env.synthetic import generate
+
+    path = tmp_path_factory.mktemp("test_clips")
+    generate(path, body="test", n_clips=3, n_frames=80, seed=1, progress=False)
+    return path
+
+
+@pytest.fixture(scope="session")
+def rodent_clips():
+    """The built-in rodent clips, generated once into the session's cache."""
+    from ncssm_env.synthetic import builtin_clips
+
+    return builtin_clips("rodent")
