@@ -119,7 +119,7 @@ class TrackEnv(gym.Env):
         if clip_dir is None:
             from ncssm_env.synthetic import builtin_clips
 
-            clip_dir = builtin_clips(body)
+            clip_dir = builtin_clips(body, timestep=timestep, n_substeps=n_substeps)
         self.clip_dir = Path(clip_dir)
         self.store = ClipStore(self.clip_dir, min_length=K + 1)
         self._check_store()

@@ -216,20 +216,27 @@ def cache_dir() -> Path:
 
 
 def builtin_clips(body: str = "rodent", n_clips: int = 32, n_frames: int = 600,
-                  seed: int = 0) -> Path:
+                  seed: int = 0, timestep: float = 0.002, n_substeps: int = 10) -> Path:
     """The folder of the built-in clips of ``body``, generated on first use.
+
+    Clips are made at the physics ``timestep`` and ``n_substeps`` asked for, so an env with
+    other physics settings gets clips whose frames match its control step.
 
     Generation writes into a temporary folder beside the cache entry and renames it into
     place, so an interrupted run leaves no half-made entry and concurrent runs are safe.
     """
     body_def(body)
-    path = cache_dir() / f"builtin-{body}-v{VERSION}-seed{seed}-{n_clips}x{n_frames}"
+    name = f"builtin-{body}-v{VERSION}-seed{seed}-{n_clips}x{n_frames}"
+    if (timestep, n_substeps) != (0.002, 10):
+        name += f"-dt{timestep:g}x{n_substeps}"
+    path = cache_dir() / name
     if path.is_dir():
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
-        generate(tmp, body=body, n_clips=n_clips, n_frames=n_frames, seed=seed)
+        generate(tmp, body=body, n_clips=n_clips, n_frames=n_frames, seed=seed,
+                 timestep=timestep, n_substeps=n_substeps)
         try:
             os.replace(tmp, path)
         except OSError:  # another process finished first; its clips are the same

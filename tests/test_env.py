@@ -223,3 +223,10 @@ def test_bad_reset_options(test_clips):
         env.reset(options={"clip": 0, "start": 79})
     with pytest.raises(ValueError, match="Unknown reset option 'frame'"):
         env.reset(options={"frame": 0})
+
+
+def test_builtin_clips_follow_the_physics_settings():
+    env = gym.make(ncssm_env.ENV_ID, body="test", n_substeps=5)
+    assert env.unwrapped.store.control_dt == pytest.approx(0.01)
+    env.reset(seed=0)
+    env.step(np.zeros(4))
