@@ -19,7 +19,6 @@ settle and a burn-in, so ``ctrl[0]`` is the control that really preceded it.
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import tempfile
