@@ -1,0 +1,83 @@
+"""Per-step control latency: the carried one-step form against a context-window predictor.
+
+The original ncssm predictor re-ran the parallel form over the last 50 observations at every
+control step and kept the last output. ``step`` carries the recurrent state instead. Both are
+jitted, run in this one process on the same parameters and inputs, and are timed per control
+step (median over ``--steps`` calls, each blocked until ready). The goal is >= 20x at batch 1
+and at batch 64, for S5 and for Mamba.
+
+    python benchmarks/policy_step.py --layers 4 --d-model 256 --state-dim 128
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ncssm_policies.models import SequencePolicy
+
+
+def median_us(fn, args, n: int) -> float:
+    out = fn(*args)
+    jax.block_until_ready(out)
+    times = []
+    for _ in range(n):
+        t = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        times.append(time.perf_counter() - t)
+    return float(np.median(times) * 1e6)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--layers", type=int, default=4)
+    p.add_argument("--d-model", type=int, default=256)
+    p.add_argument("--state-dim", type=int, default=128, help="S5's P")
+    p.add_argument("--d-state", type=int, default=16, help="Mamba's N")
+    p.add_argument("--in-dim", type=int, default=67)
+    p.add_argument("--out-dim", type=int, default=38)
+    p.add_argument("--window", type=int, default=50)
+    p.add_argument("--batches", type=int, nargs="+", default=[1, 64])
+    p.add_argument("--steps", type=int, default=200)
+    args = p.parse_args()
+
+    layers = {"s5": {"state_dim": args.state_dim}, "mamba": {"d_state": args.d_state}}
+    print(f"machine: {platform.machine()} ({jax.devices()[0].platform}), jax {jax.__version__}; "
+          f"{args.layers} layers, d_model {args.d_model}, window {args.window}, "
+          f"median of {args.steps} steps")
+    print(f"{'layer':6s} {'B':>4s} {'window us/step':>15s} {'step us/step':>12s} {'ratio':>7s}")
+    for name, kw in layers.items():
+        model = SequencePolicy(out_dim=args.out_dim, layer=name, d_model=args.d_model,
+                               n_layers=args.layers, layer_kwargs=kw)
+        for B in args.batches:
+            key = jax.random.PRNGKey(0)
+            window = jax.random.normal(key, (B, args.window, args.in_dim))
+            params = model.init(key, window)
+
+            @jax.jit
+            def predict_window(params, window):
+                return model.apply(params, window)[:, -1]
+
+            @jax.jit
+            def step(params, carry, x_t):
+                return model.apply(params, carry, x_t, method="step")
+
+            carry = model.initialize_carry(B)
+            # Same answer first: stepping through the window ends on the window's last output.
+            c = carry
+            for t in range(args.window):
+                c, y = step(params, c, window[:, t])
+            np.testing.assert_allclose(y, predict_window(params, window), rtol=1e-3, atol=1e-4)
+
+            t_win = median_us(predict_window, (params, window), args.steps)
+            t_step = median_us(step, (params, carry, window[:, -1]), args.steps)
+            print(f"{name:6s} {B:4d} {t_win:15.1f} {t_step:12.1f} {t_win / t_step:6.1f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,92 @@
+"""The ncssm plugin contract: the only module a plugin needs to import.
+
+A plugin is a distribution that names a module in the ``ncssm`` entry-point group::
+
+    # the plugin's pyproject.toml
+    [project.entry-points.ncssm]
+    gru = "ncssm_gru"
+
+and that module declares the plugin API version it was written against and implements hooks
+with :data:`hookimpl`::
+
+    # ncssm_gru/__init__.py
+    from ncssm_policies.hookspecs import PolicySpec, hookimpl
+
+    NCSSM_API_VERSION = 1  # the API_VERSION this plugin was written for, as a literal
+
+    @hookimpl
+    def ncssm_register_policies():
+        return [PolicySpec("gru", make=make_gru, description="GRU baseline")]
+
+The registry (:mod:`ncssm_policies.registry`) imports each plugin on its own: a plugin that fails
+to import, declares another ``NCSSM_API_VERSION``, or whose hook raises or returns something
+malformed is reported as broken, by distribution and entry-point name, and every other plugin
+still loads. Any plugin can be disabled by name (``NCSSM_DISABLE_PLUGINS=gru``).
+
+The policy module contract
+--------------------------
+``PolicySpec.make(out_dim, **hparams)`` returns a ``flax.linen.Module`` with these methods, where
+``x`` is ``(B, T, D_in)``, ``x_t`` is ``(B, D_in)``, ``y`` is ``(B, T, out_dim)`` and ``y_t`` is
+``(B, out_dim)``:
+
+``__call__(x, train=False) -> y``
+    The parallel form from a fresh carry; what training calls (teacher forcing over segments).
+``forward(carry, x, train=False) -> (carry, y)``
+    The parallel form with a carry in and out, so that chunks chain: running ``x[:, :k]`` and then
+    ``x[:, k:]`` from the first call's carry gives the same ``y`` as one pass over ``x``.
+``initialize_carry(batch_size) -> carry``
+    The fresh recurrent state (a pytree of arrays with leading axis ``batch_size``); it must not
+    need parameters, so it can be called on the unbound module.
+``step(carry, x_t) -> (carry, y_t)``
+    The one-step form, what closed-loop evaluation calls, the carry reset per episode.
+
+The one-step form must equal the parallel form: stepping through ``x`` one frame at a time from
+``initialize_carry(B)`` gives ``__call__(x)`` to float tolerance, with the same parameters (a
+module built by ``make`` is initialized once, through ``__call__``, and the same ``params`` serve
+``forward`` and ``step``). ``train`` switches training-only behaviour such as dropout; a policy
+without any ignores it.
+
+This module imports only pluggy and the standard library.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import pluggy
+
+PROJECT = "ncssm"
+API_VERSION = 1
+"""The plugin API version; a plugin declares the one it was written for as ``NCSSM_API_VERSION``."""
+
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+@dataclass(frozen=True)
+class PolicySpec:
+    """One policy a plugin offers.
+
+    ``name`` is the registry name a config asks for (``"s5"``, ``"mamba"``, ``"gru"``); ``make``
+    builds the policy module: ``make(out_dim: int, **hparams) -> flax.linen.Module`` following the
+    policy module contract above; ``description`` is one line for ``python -m ncssm_policies list``.
+    """
+
+    name: str
+    make: Callable[..., Any]
+    description: str = ""
+
+
+class NcssmSpec:
+    """The ncssm hook specifications (a plugin implements them as plain module-level functions)."""
+
+    @hookspec
+    def ncssm_register_policies(self) -> list[PolicySpec]:
+        """Return the policies this plugin offers, as a list of :class:`PolicySpec`.
+
+        Called once per plugin when the registry loads. Policy names are global: two plugins
+        offering the same name is an error naming both (disable one to resolve it).
+        """
+        raise NotImplementedError  # a specification; plugins implement it

@@ -1,0 +1,189 @@
+"""Policies built from sequence layers, one family per kind of mode.
+
+Every policy follows the contract in :mod:`ncssm_policies.hookspecs`: ``__call__(x, train)``
+over ``(B, T, D)``, ``forward(carry, x, train) -> (carry, y)``, ``initialize_carry(B)`` and
+``step(carry, x_t) -> (carry, y_t)``, the one-step form equal to the parallel form.
+
+- :class:`SequencePolicy` (``state_action``, ``state_intention``, ``pure_state``,
+  ``pure_intention``): an encoder Dense, ``n_layers`` residual blocks of a sequence layer
+  (``"s5"`` or ``"mamba"``), a decoder Dense.
+- :class:`Controller` (``state_intention_controller``): a sequence model predicts the intention
+  from ``qpos_local``; a decoder MLP maps (intention, obs) to the action. Its parameters sit
+  under ``"decoder"``, so training can freeze them (an optax label) after loading.
+- :class:`SyllableController` (``syllable_state_intention``): a learned embedding of the
+  syllable joins ``qpos_local`` as the sequence model's input.
+
+:func:`build_policy` picks the family for a mode around any registered policy, built-in or
+from a plugin.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from ncssm_policies.hookspecs import PolicySpec
+
+SEQUENCE_MODES = ("state_action", "state_intention", "pure_state", "pure_intention")
+
+
+def _layer_class(name: str):
+    if name == "s5":
+        from ncssm_policies.layers.s5 import S5Block
+
+        return S5Block
+    if name == "mamba":
+        from ncssm_policies.layers.mamba import MambaBlock
+
+        return MambaBlock
+    raise ValueError(f"Unknown sequence layer {name!r}; expected 's5' or 'mamba'.")
+
+
+class SequencePolicy(nn.Module):
+    """Dense(d_model) -> n_layers x layer block -> Dense(out_dim), over (B, T, D_in).
+
+    ``layer_kwargs`` go to every block (e.g. ``state_dim`` for S5, ``d_state`` for Mamba). The
+    carry is a tuple with one entry per block.
+    """
+
+    out_dim: int
+    layer: str = "s5"
+    d_model: int = 128
+    n_layers: int = 4
+    layer_kwargs: Any = None
+
+    def setup(self):
+        if self.n_layers < 1 or self.d_model < 1 or self.out_dim < 1:
+            raise ValueError(
+                f"out_dim, d_model and n_layers must be >= 1, got {self.out_dim}, {self.d_model}, "
+                f"{self.n_layers}."
+            )
+        block = _layer_class(self.layer)
+        kwargs = dict(self.layer_kwargs or {})
+        self.encoder = nn.Dense(self.d_model)
+        self.blocks = [block(d_model=self.d_model, **kwargs) for _ in range(self.n_layers)]
+        self.decoder = nn.Dense(self.out_dim)
+
+    def __call__(self, x, train: bool = False):
+        return self.forward(self.initialize_carry(x.shape[0]), x, train)[1]
+
+    def forward(self, carry, x, train: bool = False):
+        h = self.encoder(x)
+        new = []
+        for blk, c in zip(self.blocks, carry):
+            c, h = blk(h, c, train=train)
+            new.append(c)
+        return tuple(new), self.decoder(h)
+
+    def initialize_carry(self, batch_size: int):
+        block = _layer_class(self.layer)
+        kwargs = dict(self.layer_kwargs or {})
+        return tuple(
+            block(d_model=self.d_model, **kwargs, parent=None).initialize_carry(batch_size)
+            for _ in range(self.n_layers)
+        )
+
+    def step(self, carry, x_t):
+        h = self.encoder(x_t)
+        new = []
+        for blk, c in zip(self.blocks, carry):
+            c, h = blk.step(c, h)
+            new.append(c)
+        return tuple(new), self.decoder(h)
+
+
+class Controller(nn.Module):
+    """``state_intention_controller``: x = (qpos_local (B, T, Dq), obs (B, T, Do)) -> action.
+
+    ``seq`` (any registered policy module with ``out_dim = int_dim``) predicts the intention
+    from qpos_local; the decoder MLP (``decoder_hidden`` ELU layers, then Dense(out_dim)) maps
+    the concatenated (intention, obs) to the action. Trained jointly by default; to load a
+    decoder frozen, restore its params under ``"decoder"`` and give them a zero update.
+    """
+
+    seq: nn.Module
+    out_dim: int
+    decoder_hidden: Sequence[int] = (256, 256)
+
+    def setup(self):
+        self.decoder = _MLP(tuple(self.decoder_hidden), self.out_dim)
+
+    def __call__(self, x, train: bool = False):
+        return self.forward(self.initialize_carry(x[0].shape[0]), x, train)[1]
+
+    def forward(self, carry, x, train: bool = False):
+        qpos, obs = x
+        carry, intention = self.seq.forward(carry, qpos, train)
+        return carry, self.decoder(jnp.concatenate([intention, obs], axis=-1))
+
+    def initialize_carry(self, batch_size: int):
+        return self.seq.initialize_carry(batch_size)
+
+    def step(self, carry, x_t):
+        qpos, obs = x_t
+        carry, intention = self.seq.step(carry, qpos)
+        return carry, self.decoder(jnp.concatenate([intention, obs], axis=-1))
+
+
+class SyllableController(nn.Module):
+    """``syllable_state_intention``: x = (one-hot syllables (B, T, S), qpos_local (B, T, Dq)).
+
+    The syllable's ``embed_dim`` embedding (a bias-free Dense of the one-hot, i.e. a lookup
+    table) is concatenated with qpos_local and fed to ``seq`` (out_dim = action dim).
+    """
+
+    seq: nn.Module
+    embed_dim: int = 16
+
+    def setup(self):
+        self.embed = nn.Dense(self.embed_dim, use_bias=False)
+
+    def _join(self, x):
+        syllables, qpos = x
+        return jnp.concatenate([self.embed(syllables), qpos], axis=-1)
+
+    def __call__(self, x, train: bool = False):
+        return self.forward(self.initialize_carry(x[0].shape[0]), x, train)[1]
+
+    def forward(self, carry, x, train: bool = False):
+        return self.seq.forward(carry, self._join(x), train)
+
+    def initialize_carry(self, batch_size: int):
+        return self.seq.initialize_carry(batch_size)
+
+    def step(self, carry, x_t):
+        return self.seq.step(carry, self._join(x_t))
+
+
+class _MLP(nn.Module):
+    hidden: tuple[int, ...]
+    out_dim: int
+
+    @nn.compact
+    def __call__(self, x):
+        for width in self.hidden:
+            x = nn.elu(nn.Dense(width)(x))
+        return nn.Dense(self.out_dim)(x)
+
+
+def build_policy(spec: PolicySpec, mode: str, out_dim: int, *, int_dim: int = 16,
+                 decoder_hidden: Sequence[int] = (256, 256), embed_dim: int = 16,
+                 **hparams) -> nn.Module:
+    """The policy for ``mode`` around the registered policy ``spec``.
+
+    ``out_dim`` is the width of the mode's target (the action for the controllers);
+    ``int_dim`` the controller's intention width; ``hparams`` go to ``spec.make``.
+    """
+    if mode in SEQUENCE_MODES:
+        return spec.make(out_dim, **hparams)
+    if mode == "state_intention_controller":
+        return Controller(seq=spec.make(int_dim, **hparams), out_dim=out_dim,
+                          decoder_hidden=tuple(decoder_hidden))
+    if mode == "syllable_state_intention":
+        return SyllableController(seq=spec.make(out_dim, **hparams), embed_dim=embed_dim)
+    raise ValueError(
+        f"Unknown mode {mode!r}; expected one of "
+        f"{[*SEQUENCE_MODES, 'state_intention_controller', 'syllable_state_intention']}."
+    )

@@ -1,0 +1,298 @@
+"""Find policies: load every plugin of the ``ncssm`` entry-point group, each one on its own.
+
+The built-in policies come through the same door as third-party ones (the ``builtin`` entry point
+of the ``ncssm`` distribution). Each plugin is imported, its ``NCSSM_API_VERSION`` checked, its
+hooks registered with a ``pluggy.PluginManager`` and called, and its answer checked, in isolation:
+any failure marks that plugin broken, with one sentence, and the rest still load.
+
+>>> from ncssm_policies.registry import registry
+>>> spec = registry().get("gru")          # doctest: +SKIP
+>>> model = spec.make(out_dim=38)         # doctest: +SKIP
+
+Disable plugins by entry-point or distribution name with ``load_registry(disable=[...])`` or the
+``NCSSM_DISABLE_PLUGINS`` environment variable (comma separated); a disabled plugin is not imported.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib.metadata
+import logging
+import os
+import re
+import threading
+import traceback
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pluggy
+
+from ncssm_policies import hookspecs
+from ncssm_policies.hookspecs import API_VERSION, PROJECT, PolicySpec
+
+log = logging.getLogger(__name__)
+
+GROUP = "ncssm"
+DISABLE_ENV = "NCSSM_DISABLE_PLUGINS"
+_HOOK = "ncssm_register_policies"
+
+
+class PluginError(Exception):
+    """A plugin problem the registry cannot route around (two plugins claim one policy name)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class UnknownPolicyError(PluginError, KeyError):
+    """``Registry.get`` was asked for a policy no loaded plugin offers."""
+
+
+@dataclass(frozen=True)
+class Registered:
+    """A policy and where it came from."""
+
+    spec: PolicySpec
+    dist: str
+    entry_point: str
+
+    @property
+    def origin(self) -> str:
+        return _origin(self.dist, self.entry_point)
+
+
+@dataclass
+class Registry:
+    """The loaded plugins: what they offer, which are broken (and why), which were disabled."""
+
+    policies: dict[str, Registered] = field(default_factory=dict)
+    broken: dict[str, str] = field(default_factory=dict)  # "dist (entry point)" -> one sentence
+    disabled: list[str] = field(default_factory=list)  # "dist (entry point)"
+    tracebacks: dict[str, str] = field(default_factory=dict, repr=False)  # origin -> traceback
+    manager: pluggy.PluginManager | None = field(default=None, repr=False)  # the healthy plugins
+
+    def names(self) -> list[str]:
+        return sorted(self.policies)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.policies
+
+    def get(self, name: str) -> PolicySpec:
+        """The policy called ``name``; an :class:`UnknownPolicyError` (a ``KeyError``) otherwise."""
+        try:
+            return self.policies[name].spec
+        except (KeyError, TypeError):
+            pass
+        known = ", ".join(self.names()) or "none"
+        msg = f"no policy named {name!r}; known policies: {known}"
+        close = difflib.get_close_matches(str(name), self.names(), n=1)
+        if close:
+            msg += f" (did you mean {close[0]!r}?)"
+        if self.broken:
+            msg += (f"; {len(self.broken)} plugin(s) failed to load and may offer it: "
+                    f"{', '.join(sorted(self.broken))} (see `python -m ncssm_policies list`)")
+        if self.disabled:
+            msg += f"; disabled: {', '.join(self.disabled)}"
+        raise UnknownPolicyError(msg + ".")
+
+
+def load_registry(disable: Iterable[str] = (), group: str = GROUP) -> Registry:
+    """Load every plugin of entry-point ``group``, skipping the ``disable``d ones.
+
+    ``disable`` and ``$NCSSM_DISABLE_PLUGINS`` name plugins by entry-point or distribution name.
+    Raises :class:`PluginError` when two plugins offer the same policy name.
+    """
+    if isinstance(disable, str):
+        disable = [disable]
+    wanted_off = {_norm(d) for d in [*disable, *_env_disabled()] if d.strip()}
+
+    pm = pluggy.PluginManager(PROJECT)
+    pm.add_hookspecs(hookspecs.NcssmSpec)
+    spec_names = {name for name in dir(hookspecs.NcssmSpec) if name.startswith(f"{PROJECT}_")}
+    reg = Registry(manager=pm)
+    matched_off: set[str] = set()
+
+    eps = sorted(importlib.metadata.entry_points(group=group),
+                 key=lambda e: (_dist_name(e), e.name))
+    for ep in eps:
+        dist = _dist_name(ep)
+        origin = _origin(dist, ep.name)
+        hit = wanted_off & {_norm(ep.name), _norm(dist)}
+        if hit:
+            matched_off |= hit
+            reg.disabled.append(origin)
+            continue
+        try:
+            plugin = _load_one(pm, ep, spec_names)
+            specs = _call_one(pm, plugin)
+        except _Broken as err:
+            reg.broken[origin] = err.sentence
+            reg.tracebacks[origin] = err.tb
+            log.warning("ncssm plugin %s is broken: %s", origin, err.sentence,
+                        extra={"ncssm_plugin_broken": origin})
+            continue
+        for spec in specs:
+            other = reg.policies.get(spec.name)
+            if other is not None:
+                raise PluginError(
+                    f"policy {spec.name!r} is offered by two plugins, {other.origin} and {origin}; "
+                    f"uninstall or disable one of them ({DISABLE_ENV}={other.entry_point} or "
+                    f"{DISABLE_ENV}={ep.name}).")
+            reg.policies[spec.name] = Registered(spec, dist, ep.name)
+
+    unmatched = wanted_off - matched_off
+    if unmatched:
+        known = sorted({_norm(e.name) for e in eps} | {_norm(_dist_name(e)) for e in eps})
+        log.warning("disabled plugin name(s) %s match no installed plugin (installed: %s)",
+                    ", ".join(sorted(unmatched)), ", ".join(known) or "none")
+    return reg
+
+
+_DEFAULT: Registry | None = None
+_LOCK = threading.Lock()
+
+
+def registry(reload: bool = False) -> Registry:
+    """The default registry (group ``ncssm``, ``$NCSSM_DISABLE_PLUGINS``), loaded once, cached."""
+    global _DEFAULT
+    with _LOCK:
+        if _DEFAULT is None or reload:
+            _DEFAULT = load_registry()
+        return _DEFAULT
+
+
+# --- loading one plugin ---------------------------------------------------------------------
+
+
+class _Broken(Exception):
+    def __init__(self, sentence: str, tb: str = ""):
+        super().__init__(sentence)
+        self.sentence = _sentence(sentence)
+        self.tb = tb
+
+
+def _load_one(pm: pluggy.PluginManager, ep: importlib.metadata.EntryPoint,
+              spec_names: set[str]) -> Any:
+    """Import the plugin, check its API version, register its hooks; returns the plugin object."""
+    origin = _origin(_dist_name(ep), ep.name)
+    try:
+        plugin = ep.load()
+    except (Exception, SystemExit) as err:  # noqa: BLE001 - isolation: any failure is reported
+        raise _Broken(f"importing {ep.value!r} raised {_describe(err)}",
+                      traceback.format_exc()) from None
+
+    version = getattr(plugin, "NCSSM_API_VERSION", None)
+    if version is None:
+        raise _Broken(f"{ep.value!r} declares no NCSSM_API_VERSION, but this ncssm needs "
+                      f"NCSSM_API_VERSION = {API_VERSION}")
+    if type(version) is not int or version != API_VERSION:
+        raise _Broken(f"{ep.value!r} declares NCSSM_API_VERSION = {version!r}, but this ncssm "
+                      f"needs NCSSM_API_VERSION = {API_VERSION}")
+
+    try:
+        pm.register(plugin, name=origin)
+    except ValueError as err:  # pluggy: the same module registered under another entry point
+        raise _Broken(f"{ep.value!r} could not be registered: {_describe(err)}") from None
+    except Exception as err:  # noqa: BLE001 - pluggy.PluginValidationError: bad hook arguments
+        raise _Broken(f"{ep.value!r} has an invalid hook: {_describe(err)}") from None
+
+    hooks = [caller.name for caller in pm.get_hookcallers(plugin) or []]
+    unknown = sorted(set(hooks) - spec_names)
+    if unknown or not hooks:
+        pm.unregister(plugin)
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], sorted(spec_names), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise _Broken(f"{ep.value!r} implements {', '.join(map(repr, unknown))}, which is not an "
+                      f"ncssm hook{hint}; known hooks: {', '.join(sorted(spec_names))}")
+    if not hooks:
+        raise _Broken(f"{ep.value!r} implements no ncssm hook (decorate functions with "
+                      f"ncssm_policies.hookspecs.hookimpl)")
+    return plugin
+
+
+def _call_one(pm: pluggy.PluginManager, plugin: Any) -> list[PolicySpec]:
+    """Call ``ncssm_register_policies`` of this plugin alone and check what it returns."""
+    others = [p for p in pm.get_plugins() if p is not plugin]
+    caller = pm.subset_hook_caller(_HOOK, remove_plugins=others)
+    if not caller.get_hookimpls():
+        return []  # the plugin implements other hooks only
+    try:
+        results = caller()
+    except (Exception, SystemExit) as err:  # noqa: BLE001 - isolation: any failure is reported
+        pm.unregister(plugin)
+        raise _Broken(f"{_HOOK}() raised {_describe(err)}", traceback.format_exc()) from None
+    try:
+        specs: list[PolicySpec] = []
+        for result in results:  # one result per hookimpl of this plugin (normally one)
+            specs.extend(_check_specs(result))
+        seen: set[str] = set()
+        for spec in specs:
+            if spec.name in seen:
+                raise _Broken(f"{_HOOK}() returned the policy name {spec.name!r} twice")
+            seen.add(spec.name)
+    except _Broken:
+        pm.unregister(plugin)
+        raise
+    return specs
+
+
+def _check_specs(result: Any) -> list[PolicySpec]:
+    if not isinstance(result, list):
+        raise _Broken(f"{_HOOK}() returned {_kind(result)}, expected a list of PolicySpec")
+    for i, item in enumerate(result):
+        if not isinstance(item, PolicySpec):
+            raise _Broken(f"{_HOOK}() returned {_kind(item)} at index {i}, expected a "
+                          f"PolicySpec (from ncssm_policies.hookspecs)")
+        if not isinstance(item.name, str) or not item.name.strip():
+            raise _Broken(f"{_HOOK}() returned a PolicySpec at index {i} whose name is "
+                          f"{item.name!r}, expected a non-empty string")
+        if not callable(item.make):
+            raise _Broken(f"{_HOOK}() returned PolicySpec {item.name!r} whose make is "
+                          f"{_kind(item.make)}, expected a callable make(out_dim, **hparams)")
+        if not isinstance(item.description, str):
+            raise _Broken(f"{_HOOK}() returned PolicySpec {item.name!r} whose description is "
+                          f"{_kind(item.description)}, expected a string")
+    return result
+
+
+# --- small helpers ---------------------------------------------------------------------------
+
+
+def _origin(dist: str, entry_point: str) -> str:
+    return f"{dist} ({entry_point})"
+
+
+def _dist_name(ep: importlib.metadata.EntryPoint) -> str:
+    dist = getattr(ep, "dist", None)
+    name = dist.name if dist is not None else None
+    return name or "<unknown distribution>"
+
+
+def _norm(name: str) -> str:
+    """Compare plugin names like distribution names: case and ``-_.`` runs do not matter."""
+    return re.sub(r"[-_.]+", "-", name.strip()).lower()
+
+
+def _env_disabled() -> list[str]:
+    return [part for part in os.environ.get(DISABLE_ENV, "").split(",") if part.strip()]
+
+
+def _kind(value: Any) -> str:
+    text = repr(value)
+    if len(text) > 60:
+        text = text[:57] + "..."
+    return f"{type(value).__name__} {text}"
+
+
+def _describe(err: BaseException) -> str:
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return f"{type(err).__name__}: {lines[0]}" if lines else type(err).__name__
+
+
+def _sentence(text: str) -> str:
+    text = " ".join(text.split())
+    if len(text) > 400:
+        text = text[:397] + "..."
+    return text if text.endswith((".", "!", "?")) else text + "."

@@ -1,0 +1,363 @@
+"""The plugin system: policies come from the ``ncssm`` entry-point group, each plugin loaded alone.
+
+The GRU policy is found through the entry point of the separately installed ``ncssm-gru``
+distribution, never imported by path. Broken plugins are real distributions too: a
+``<name>-0.1.dist-info`` folder and a module written into a temporary folder put on ``sys.path``, so
+``importlib.metadata`` sees them as installed. The built-in entry point (``ncssm (builtin)``) may or
+may not load; nothing here depends on it.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ncssm_policies.hookspecs import PolicySpec
+from ncssm_policies.registry import (
+    DISABLE_ENV,
+    PluginError,
+    UnknownPolicyError,
+    load_registry,
+    registry,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+INSTALL_GRU = "pip install -e plugins/ncssm-gru"
+
+
+def require_gru(reg) -> object:
+    """The registry's "gru" entry; a failure (never a skip) when the plugin is missing or broken."""
+    if "gru" in reg.policies:
+        return reg.policies["gru"]
+    try:
+        importlib.metadata.distribution("ncssm-gru")
+    except importlib.metadata.PackageNotFoundError:
+        pytest.fail(f"the ncssm-gru plugin distribution is not installed; CI must `{INSTALL_GRU}` "
+                    f"after installing the project.")
+    pytest.fail(f"ncssm-gru is installed but its 'gru' policy did not load: broken={reg.broken}, "
+                f"disabled={reg.disabled}.")
+
+
+# --- fixture distributions ------------------------------------------------------------------
+
+HEADER = "from ncssm_policies.hookspecs import PolicySpec, hookimpl\n\nNCSSM_API_VERSION = 1\n\n"
+
+OK_BODY = """
+@hookimpl
+def ncssm_register_policies():
+    return [PolicySpec("fixture_ok", make=lambda out_dim, **hp: None, description="a fixture")]
+"""
+
+
+@pytest.fixture(autouse=True)
+def _no_disable_env(monkeypatch):
+    """A user's own NCSSM_DISABLE_PLUGINS must not change what these tests see."""
+    monkeypatch.delenv(DISABLE_ENV, raising=False)
+
+
+@pytest.fixture
+def install(tmp_path, monkeypatch):
+    """``install(key, body)``: a distribution ``ncssm-fixture-<key with dashes>`` with entry point
+    ``fixture_<key> = "ncssm_fixture_<key>"`` whose module is ``body`` (``HEADER`` prepended unless
+    ``header=False``). Returns the origin the registry reports it under."""
+    site = tmp_path / "site"
+    site.mkdir()
+    monkeypatch.syspath_prepend(str(site))
+    modules: list[str] = []
+
+    def _install(key: str, body: str, header: bool = True) -> str:
+        dist = f"ncssm-fixture-{key.replace('_', '-')}"
+        module, ep = f"ncssm_fixture_{key}", f"fixture_{key}"
+        info = site / f"{module}-0.1.dist-info"
+        info.mkdir()
+        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 0.1\n")
+        (info / "entry_points.txt").write_text(f"[ncssm]\n{ep} = {module}\n")
+        source = (HEADER if header else "") + textwrap.dedent(body)
+        (site / f"{module}.py").write_text(source)
+        modules.append(module)
+        assert importlib.metadata.distribution(dist).version == "0.1"  # genuinely installed
+        return f"{dist} ({ep})"
+
+    yield _install
+    for module in modules:  # the next test's fixture of the same name must be imported afresh
+        sys.modules.pop(module, None)
+
+
+# --- the GRU plugin, through its entry point --------------------------------------------------
+
+
+def test_gru_found_through_its_entry_point():
+    item = require_gru(load_registry())
+    assert item.dist == "ncssm-gru"
+    assert item.entry_point == "gru"
+    assert item.origin == "ncssm-gru (gru)"
+    assert item.spec.make.__module__.startswith("ncssm_gru")
+    assert item.spec.description
+
+
+def test_gru_policy_contract():
+    spec = require_gru(load_registry()).spec
+    model = spec.make(out_dim=3)
+    B, T, D = 2, 50, 5
+    x = jax.random.normal(jax.random.key(0), (B, T, D))
+    params = jax.jit(model.init)(jax.random.key(1), x)
+    y = jax.jit(model.apply)(params, x)
+    assert y.shape == (B, T, 3)
+
+    # The one-step form, 50 steps from a fresh carry, equals the parallel form.
+    step = jax.jit(lambda p, c, x_t: model.apply(p, c, x_t, method="step"))
+    carry = model.initialize_carry(B)  # needs no parameters
+    ys = []
+    for t in range(T):
+        carry, y_t = step(params, carry, x[:, t])
+        ys.append(y_t)
+    np.testing.assert_allclose(np.stack(ys, axis=1), y, rtol=1e-4, atol=1e-6)
+
+    # Chunks chain through the carry: two calls of forward equal one pass.
+    @jax.jit
+    def one_pass_and_chunks(p, x):
+        c0 = model.initialize_carry(B)
+        c_all, y_all = model.apply(p, c0, x, method="forward")
+        c1, y1 = model.apply(p, c0, x[:, :20], method="forward")
+        c2, y2 = model.apply(p, c1, x[:, 20:], method="forward")
+        return c_all, y_all, c2, jnp.concatenate([y1, y2], axis=1)
+
+    c_all, y_all, c2, y_chunks = one_pass_and_chunks(params, x)
+    np.testing.assert_allclose(y_chunks, y_all, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(y_all, y, rtol=1e-4, atol=1e-6)
+    for a, b, s in zip(jax.tree.leaves(c2), jax.tree.leaves(c_all), jax.tree.leaves(carry),
+                       strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(s, b, rtol=1e-4, atol=1e-6)
+
+    # Finite, non-trivial gradients through the scan.
+    def loss(p):
+        return jnp.mean(model.apply(p, x, train=True) ** 2)
+
+    leaves = jax.tree.leaves(jax.jit(jax.grad(loss))(params))
+    assert all(bool(jnp.all(jnp.isfinite(g))) for g in leaves)
+    assert any(float(jnp.max(jnp.abs(g))) > 0 for g in leaves)
+
+
+def test_gru_hparams_pass_through():
+    spec = require_gru(load_registry()).spec
+    model = spec.make(out_dim=4, d_model=8, n_layers=3)
+    carry = model.initialize_carry(2)
+    assert [c.shape for c in carry] == [(2, 8)] * 3
+    shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((2, 6, 7)))["params"]
+    assert shapes["encoder"]["kernel"].shape == (7, 8)
+    assert shapes["decoder"]["kernel"].shape == (8, 4)
+    assert sorted(k for k in shapes if k.startswith("cells")) == ["cells_0", "cells_1", "cells_2"]
+
+
+# --- broken plugins leave the others working --------------------------------------------------
+
+BROKEN = {
+    # key: (module body, header?, a fragment the one-sentence error must hold)
+    "raises_on_import": ("raise RuntimeError('boom at import')\n", True,
+                         "RuntimeError: boom at import"),
+    "missing_dependency": ("import ncssm_no_such_module_anywhere\n", True,
+                           "No module named 'ncssm_no_such_module_anywhere'"),
+    "wrong_api": ("NCSSM_API_VERSION = 2\n" + OK_BODY.replace("fixture_ok", "fixture_wrong"), True,
+                  "declares NCSSM_API_VERSION = 2, but this ncssm needs NCSSM_API_VERSION = 1"),
+    "no_api": (("from ncssm_policies.hookspecs import PolicySpec, hookimpl\n"
+                + OK_BODY.replace("fixture_ok", "fixture_noapi")), False,
+               "declares no NCSSM_API_VERSION, but this ncssm needs NCSSM_API_VERSION = 1"),
+    "hook_raises": ("@hookimpl\ndef ncssm_register_policies():\n    raise ValueError('bad hook')\n",
+                    True, "ncssm_register_policies() raised ValueError: bad hook"),
+    "not_a_list": ("@hookimpl\ndef ncssm_register_policies():\n    return {'gru2': None}\n", True,
+                   "returned dict {'gru2': None}, expected a list of PolicySpec"),
+    "item_not_spec": ("@hookimpl\ndef ncssm_register_policies():\n    return ['gru2']\n", True,
+                      "returned str 'gru2' at index 0, expected a PolicySpec"),
+    "empty_name": (("@hookimpl\ndef ncssm_register_policies():\n"
+                    "    return [PolicySpec('', make=print)]\n"), True,
+                   "expected a non-empty string"),
+    "name_not_str": (("@hookimpl\ndef ncssm_register_policies():\n"
+                      "    return [PolicySpec(7, make=print)]\n"), True, "whose name is 7"),
+    "make_not_callable": (("@hookimpl\ndef ncssm_register_policies():\n"
+                           "    return [PolicySpec('x', make=42)]\n"), True,
+                          "whose make is int 42, expected a callable"),
+    "duplicate_names": (("@hookimpl\ndef ncssm_register_policies():\n"
+                         "    return [PolicySpec('d', make=print), PolicySpec('d', make=print)]\n"),
+                        True, "returned the policy name 'd' twice"),
+    "misspelled_hook": ("@hookimpl\ndef ncssm_register_policy():\n    return []\n", True,
+                        "did you mean 'ncssm_register_policies'?"),
+    "bad_hook_args": ("@hookimpl\ndef ncssm_register_policies(config):\n    return []\n", True,
+                      "has an invalid hook"),
+    "no_hooks": ("def ncssm_register_policies():\n    return []\n", True,
+                 "implements no ncssm hook"),
+}
+
+
+@pytest.mark.parametrize("key", sorted(BROKEN))
+def test_broken_plugin_is_reported_and_the_rest_load(install, key):
+    body, header, fragment = BROKEN[key]
+    origin = install(key, body, header=header)
+    ok = install("ok", OK_BODY)
+    reg = load_registry()
+
+    assert origin == f"ncssm-fixture-{key.replace('_', '-')} (fixture_{key})"
+    assert origin in reg.broken, reg.broken  # reported by distribution and entry-point name
+    sentence = reg.broken[origin]
+    assert fragment in sentence
+    assert "\n" not in sentence and sentence.endswith(".")
+    assert reg.manager is not None and reg.manager.get_plugin(origin) is None
+    assert reg.policies["fixture_ok"].origin == ok  # every other plugin still loads
+    assert require_gru(reg).dist == "ncssm-gru"
+
+
+def test_broken_plugin_traceback_is_kept(install):
+    origin = install("raises_on_import", BROKEN["raises_on_import"][0])
+    reg = load_registry()
+    assert "Traceback" in reg.tracebacks[origin]
+    assert "boom at import" in reg.tracebacks[origin]
+
+
+def test_same_module_under_two_entry_points_is_broken_once(tmp_path, monkeypatch):
+    site = tmp_path / "site"
+    site.mkdir()
+    monkeypatch.syspath_prepend(str(site))
+    info = site / "ncssm_fixture_twice-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: ncssm-fixture-twice\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text(
+        "[ncssm]\nfirst = ncssm_fixture_twice\nsecond = ncssm_fixture_twice\n")
+    (site / "ncssm_fixture_twice.py").write_text(HEADER + OK_BODY.replace("fixture_ok", "twice"))
+    try:
+        reg = load_registry()
+    finally:
+        sys.modules.pop("ncssm_fixture_twice", None)
+    assert reg.policies["twice"].origin == "ncssm-fixture-twice (first)"
+    assert "could not be registered" in reg.broken["ncssm-fixture-twice (second)"]
+    require_gru(reg)
+
+
+# --- collisions and disabling ----------------------------------------------------------------
+
+
+def test_name_collision_names_both_distributions(install):
+    body = OK_BODY.replace("fixture_ok", "fixture_same")
+    install("collide_a", body)
+    install("collide_b", body)
+    with pytest.raises(PluginError) as info:
+        load_registry()
+    msg = str(info.value)
+    assert "'fixture_same'" in msg
+    assert "ncssm-fixture-collide-a (fixture_collide_a)" in msg
+    assert "ncssm-fixture-collide-b (fixture_collide_b)" in msg
+    assert DISABLE_ENV in msg
+
+    reg = load_registry(disable=["ncssm-fixture-collide-b"])  # disabling one resolves it
+    assert reg.policies["fixture_same"].dist == "ncssm-fixture-collide-a"
+    assert reg.disabled == ["ncssm-fixture-collide-b (fixture_collide_b)"]
+
+
+def test_disable_by_entry_point_name_argument(install):
+    ok = install("ok", OK_BODY)
+    assert "fixture_ok" in load_registry()
+    reg = load_registry(disable=["fixture_ok"])
+    assert "fixture_ok" not in reg.policies
+    assert reg.disabled == [ok]
+    assert ok not in reg.broken
+    require_gru(reg)
+
+
+def test_disable_by_distribution_name_env_var(install, monkeypatch):
+    ok = install("ok", OK_BODY)
+    monkeypatch.setenv(DISABLE_ENV, " something-else , ncssm_fixture_ok ")  # names normalize
+    reg = load_registry()
+    assert "fixture_ok" not in reg.policies
+    assert ok in reg.disabled
+    require_gru(reg)
+
+
+def test_disabled_plugin_is_not_imported(install):
+    origin = install("raises_on_import", BROKEN["raises_on_import"][0])
+    reg = load_registry(disable=["fixture_raises_on_import"])
+    assert origin in reg.disabled and origin not in reg.broken
+    assert "ncssm_fixture_raises_on_import" not in sys.modules
+
+
+def test_disable_gru_by_distribution_name():
+    reg = load_registry(disable=["ncssm-gru"])
+    assert "gru" not in reg.policies
+    assert "ncssm-gru (gru)" in reg.disabled
+
+
+# --- lookups, the cache, the command line -----------------------------------------------------
+
+
+def test_get_unknown_lists_known_names_and_broken_plugins(install):
+    broken = install("raises_on_import", BROKEN["raises_on_import"][0])
+    reg = load_registry()
+    assert isinstance(reg.get("gru"), PolicySpec)
+    with pytest.raises(KeyError) as info:
+        reg.get("nope")
+    err = info.value
+    assert isinstance(err, UnknownPolicyError) and isinstance(err, PluginError)
+    msg = str(err)
+    assert "'nope'" in msg and "known policies:" in msg
+    for name in reg.names():
+        assert name in msg
+    assert broken in msg
+    with pytest.raises(UnknownPolicyError, match="did you mean 'gru'"):
+        reg.get("gur")
+
+
+def test_names_are_sorted_policy_names():
+    reg = load_registry()
+    assert reg.names() == sorted(reg.policies)
+    assert "gru" in reg
+
+
+def test_default_registry_is_cached():
+    first = registry()
+    assert registry() is first
+    fresh = registry(reload=True)
+    assert fresh is not first and registry() is fresh
+    require_gru(fresh)
+
+
+def _run_cli(*args: str, env_extra: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != DISABLE_ENV}
+    env.update(env_extra or {})
+    return subprocess.run([sys.executable, "-m", "ncssm_policies", *args], capture_output=True,
+                          text=True, cwd=REPO, env=env, timeout=120, check=False)
+
+
+def test_cli_list_shows_gru_with_its_distribution():
+    proc = _run_cli("list")
+    assert proc.returncode == 0, proc.stderr
+    lines = [line for line in proc.stdout.splitlines() if line.strip().startswith("gru ")]
+    if not lines:
+        require_gru(load_registry())
+    assert "ncssm-gru (gru)" in lines[0] and "GRU" in lines[0]
+
+
+def test_cli_list_shows_broken_plugins(install, tmp_path):
+    origin = install("raises_on_import", BROKEN["raises_on_import"][0])
+    proc = _run_cli("list", env_extra={"PYTHONPATH": str(tmp_path / "site")})
+    assert proc.returncode == 0, proc.stderr
+    assert "broken plugins" in proc.stdout
+    expected = f"{origin}: importing 'ncssm_fixture_raises_on_import' raised RuntimeError"
+    assert expected in proc.stdout
+    assert "ncssm-gru (gru)" in proc.stdout
+
+
+def test_package_import_is_light():
+    code = ("import sys, ncssm_policies; "
+            "heavy = [m for m in ('jax', 'flax') if m in sys.modules]; "
+            "assert not heavy, heavy")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO,
+                          timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr
