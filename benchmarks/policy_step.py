@@ -1,10 +1,17 @@
 """Per-step control latency: the carried one-step form against a context-window predictor.
 
 The original ncssm predictor re-ran the parallel form over the last 50 observations at every
-control step and kept the last output. ``step`` carries the recurrent state instead. Both are
-jitted, run in this one process on the same parameters and inputs, and are timed per control
-step (median over ``--steps`` calls, each blocked until ready). The goal is >= 20x at batch 1
-and at batch 64, for S5 and for Mamba.
+control step and kept the last output. ``step`` carries the recurrent state instead. Both run
+in this one process on the same parameters and inputs, two ways:
+
+- **per call**: one jitted call per control step from Python, as the CPU vector env drives a
+  policy (median over ``--steps`` calls, each blocked until ready; includes JAX's dispatch);
+- **in scan**: ``--scan-steps`` control steps inside one jitted ``lax.scan``, as the MJX
+  rollout runs policy and env (no host round-trip; median over ``--repeats`` runs, divided by
+  the number of steps). The window form shifts its 50-frame buffer and re-runs the parallel
+  form each step.
+
+The goal is >= 20x at batch 1 and at batch 64, for S5 and for Mamba.
 
     python benchmarks/policy_step.py --layers 4 --d-model 256 --state-dim 128
 """
@@ -44,13 +51,16 @@ def main() -> None:
     p.add_argument("--window", type=int, default=50)
     p.add_argument("--batches", type=int, nargs="+", default=[1, 64])
     p.add_argument("--steps", type=int, default=200)
+    p.add_argument("--scan-steps", type=int, default=100)
+    p.add_argument("--repeats", type=int, default=5)
     args = p.parse_args()
 
     layers = {"s5": {"state_dim": args.state_dim}, "mamba": {"d_state": args.d_state}}
     print(f"machine: {platform.machine()} ({jax.devices()[0].platform}), jax {jax.__version__}; "
           f"{args.layers} layers, d_model {args.d_model}, window {args.window}, "
           f"median of {args.steps} steps")
-    print(f"{'layer':6s} {'B':>4s} {'window us/step':>15s} {'step us/step':>12s} {'ratio':>7s}")
+    print(f"{'layer':6s} {'B':>4s} {'how':>9s} {'window us/step':>15s} {'step us/step':>12s} "
+          f"{'ratio':>7s}")
     for name, kw in layers.items():
         model = SequencePolicy(out_dim=args.out_dim, layer=name, d_model=args.d_model,
                                n_layers=args.layers, layer_kwargs=kw)
@@ -76,7 +86,29 @@ def main() -> None:
 
             t_win = median_us(predict_window, (params, window), args.steps)
             t_step = median_us(step, (params, carry, window[:, -1]), args.steps)
-            print(f"{name:6s} {B:4d} {t_win:15.1f} {t_step:12.1f} {t_win / t_step:6.1f}x")
+            print(f"{name:6s} {B:4d} {'per call':>9s} {t_win:15.1f} {t_step:12.1f} "
+                  f"{t_win / t_step:6.1f}x")
+
+            xs = jax.random.normal(key, (args.scan_steps, B, args.in_dim))
+
+            @jax.jit
+            def scan_window(params, window, xs):
+                def body(w, x_t):
+                    w = jnp.concatenate([w[:, 1:], x_t[:, None]], axis=1)
+                    return w, model.apply(params, w)[:, -1]
+                return jax.lax.scan(body, window, xs)[1]
+
+            @jax.jit
+            def scan_step(params, carry, xs):
+                def body(c, x_t):
+                    return model.apply(params, c, x_t, method="step")
+                return jax.lax.scan(body, carry, xs)[1]
+
+            n = args.scan_steps
+            s_win = median_us(scan_window, (params, window, xs), args.repeats) / n
+            s_step = median_us(scan_step, (params, carry, xs), args.repeats) / n
+            print(f"{name:6s} {B:4d} {'in scan':>9s} {s_win:15.1f} {s_step:12.1f} "
+                  f"{s_win / s_step:6.1f}x")
 
 
 if __name__ == "__main__":
