@@ -89,4 +89,4 @@ class NcssmSpec:
         Called once per plugin when the registry loads. Policy names are global: two plugins
         offering the same name is an error naming both (disable one to resolve it).
         """
-        raise NotImplementedError  # a specification; plugins implement it
+        ...  # a specification: pluggy never calls this body; plugins implement the hook

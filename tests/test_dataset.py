@@ -164,6 +164,7 @@ def test_test_batch_is_always_the_same_segment(clips):
     ds = ClipDataset(clips, batch_size=3, seg_len=20, test_batch=True, clip_idx=2)
     (x1, y1), (x2, y2) = next(ds), next(ds)
     np.testing.assert_array_equal(x1, x2)
+    np.testing.assert_array_equal(y1, y2)
     assert {_decode(s) for s in x1} == {(2, 0)}
 
 
