@@ -28,6 +28,7 @@ A carry is one float32 array ``(B, 2 Pk)`` in that ``[re | im]`` layout; zeros m
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from typing import Any, NamedTuple
@@ -383,7 +384,29 @@ def _check_step_allowed(bidirectional: bool) -> None:
 # ----------------------------------------------------------------------------------------------
 
 
-class S5SSM(nn.Module):
+class _SSMFields(nn.Module):
+    """The SSM's hyper-parameters, declared once for :class:`S5SSM` and :class:`S5Block`."""
+
+    d_model: int
+    state_dim: int = 64
+    blocks: int = 1
+    conj_sym: bool = True
+    discretization: str = "zoh"
+    dt_min: float = 1e-3
+    dt_max: float = 1e-1
+    step_rescale: float = 1.0
+    clip_eigs: bool = False
+    C_init: str = "trunc_standard_normal"
+    bidirectional: bool = False
+    scan: str = "auto"
+
+    def ssm_fields(self) -> dict:
+        """These fields' values, to build an :class:`S5SSM` with them."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(_SSMFields)
+                if f.name not in ("parent", "name")}
+
+
+class S5SSM(_SSMFields):
     """The S5 state-space map ``(B, T, H) -> (B, T, H)``, no norm, gate or residual.
 
     Parameters (float32, ``Pk`` = kept states): ``Lambda_re``, ``Lambda_im`` (Pk,);
@@ -407,19 +430,6 @@ class S5SSM(nn.Module):
     default: sequential on the CPU, associative on an accelerator; see :func:`resolve_scan`).
     All give the same numbers to float rounding.
     """
-
-    d_model: int
-    state_dim: int = 64
-    blocks: int = 1
-    conj_sym: bool = True
-    discretization: str = "zoh"
-    dt_min: float = 1e-3
-    dt_max: float = 1e-1
-    step_rescale: float = 1.0
-    clip_eigs: bool = False
-    C_init: str = "trunc_standard_normal"
-    bidirectional: bool = False
-    scan: str = "auto"
 
     def __post_init__(self):
         _validate_ssm(self)
@@ -513,7 +523,7 @@ class S5SSM(nn.Module):
 # ----------------------------------------------------------------------------------------------
 
 
-class S5Block(nn.Module):
+class S5Block(_SSMFields):
     """Pre-norm S5 block: ``x + Dropout(GLU(GELU(SSM(Norm(x)))))``.
 
     Shapes: ``__call__`` x (B, T, H) -> (carry, y (B, T, H)); ``step`` x_t (B, H) ->
@@ -539,21 +549,9 @@ class S5Block(nn.Module):
     :class:`S5SSM`'s.
     """
 
-    d_model: int
-    state_dim: int = 64
-    blocks: int = 1
-    conj_sym: bool = True
-    discretization: str = "zoh"
-    dt_min: float = 1e-3
-    dt_max: float = 1e-1
-    step_rescale: float = 1.0
-    clip_eigs: bool = False
-    C_init: str = "trunc_standard_normal"
-    bidirectional: bool = False
     glu: str = "half_glu1"
     norm: str = "layer"
     dropout: float = 0.0
-    scan: str = "auto"
 
     def __post_init__(self):
         _validate_ssm(self)
@@ -564,11 +562,7 @@ class S5Block(nn.Module):
         super().__post_init__()
 
     def setup(self):
-        self.ssm = S5SSM(
-            d_model=self.d_model, state_dim=self.state_dim, blocks=self.blocks,
-            conj_sym=self.conj_sym, discretization=self.discretization, dt_min=self.dt_min,
-            dt_max=self.dt_max, step_rescale=self.step_rescale, clip_eigs=self.clip_eigs,
-            C_init=self.C_init, bidirectional=self.bidirectional, scan=self.scan)
+        self.ssm = S5SSM(**self.ssm_fields())
         if self.norm == "layer":
             self.layer_norm = nn.LayerNorm()
         if self.glu == "full_glu":
