@@ -70,7 +70,7 @@ def main() -> None:
     kw = dict(batch_size=args.batch_size, seg_len=args.seg_len, mmode=args.mode, seed=0)
 
     # Same batches first.
-    a, b, c = ClipDataset(args.clips, preload=False, **kw), ClipDataset(args.clips, **kw), None
+    a, b = ClipDataset(args.clips, preload=False, **kw), ClipDataset(args.clips, **kw)
     c = SeedStyleLoader(ClipDataset(args.clips, **kw))
     for _ in range(3):
         (xa, ya), (xb, yb), (xc, yc) = next(a), next(b), next(c)

@@ -64,10 +64,6 @@ class BodyDef:
     actuator_groups: dict[str, tuple[str, ...]]
 
 
-def _rodent_class(geom: mujoco.MjsGeom) -> str:
-    return geom.classname.name
-
-
 BODIES: dict[str, BodyDef] = {
     "rodent": BodyDef(
         name="rodent",
@@ -81,8 +77,8 @@ BODIES: dict[str, BodyDef] = {
         ),
         healthy_z=(0.0275, 0.2),
         # The 81 ``collision*`` geoms; the 19 ``nonself_collision_primitive`` tail geoms stay out.
-        is_collision=lambda g: _rodent_class(g).startswith("collision"),
-        is_paw=lambda g: _rodent_class(g) == "collision_primitive_paw",
+        is_collision=lambda g: g.classname.name.startswith("collision"),
+        is_paw=lambda g: g.classname.name == "collision_primitive_paw",
         actuator_groups={
             "hind": ("hip_", "knee_", "ankle_", "toe_"),
             "fore": ("scapula_", "shoulder_", "elbow_", "wrist_", "finger_"),

@@ -236,9 +236,7 @@ class TrackEnv(gym.Env):
         finite = finite_action and bool(np.isfinite(d.qpos).all() and np.isfinite(d.qvel).all())
         rew, terms = _task.reward(np, self.cfg, err, a, self._prev_action)
         terminated, causes = _task.termination(np, self.cfg, err, cur, self.healthy_z, finite)
-        if not finite:
-            rew = 0.0
-            causes["nan"] = True
+        rew = rew if finite else 0.0  # termination() already marks the "nan" cause
         truncated = self._t >= self._clip.length - 1
         self._prev_action = a if finite_action else self._prev_action
         info = {
@@ -249,7 +247,7 @@ class TrackEnv(gym.Env):
             "termination": {k: bool(v) for k, v in causes.items()},
         }
         obs = self._obs(cur) if finite else np.zeros(self.observation_space.shape, np.float32)
-        return obs, float(rew), bool(terminated or not finite), bool(truncated), info
+        return obs, float(rew), bool(terminated), bool(truncated), info
 
     def render(self):
         if self.render_mode != "rgb_array":
