@@ -13,6 +13,12 @@ in this one process on the same parameters and inputs, two ways:
 
 The goal is >= 20x at batch 1 and at batch 64, for S5 and for Mamba.
 
+A third column bounds what any one-step form could reach here: **matmul floor** is the time of
+nothing but one product with each of the model's weight matrices per step (the same scan, B
+rows), so ``window / floor`` is the largest ratio a step that only read its weights could
+show against this window. At batch 1 on a CPU a step is a chain of matrix-vector products,
+bound by reading the weights, while the window reuses each weight over 50 frames.
+
     python benchmarks/policy_step.py --layers 4 --d-model 256 --state-dim 128
 """
 
@@ -40,6 +46,22 @@ def median_us(fn, args, n: int) -> float:
     return float(np.median(times) * 1e6)
 
 
+def matmul_floor_us(params, batch: int, steps: int, repeats: int) -> float:
+    """Per-step time of one (batch, m) @ (m, n) product with every weight matrix of ``params``
+    (every leaf of >= 2 dims seen as (m, n) = (shape[0], prod(shape[1:]))), inside one jitted
+    ``lax.scan`` of ``steps`` steps, the input of each step depending on the last."""
+    mats = [w.reshape(w.shape[0], -1) for w in jax.tree.leaves(params) if w.ndim >= 2]
+
+    @jax.jit
+    def run(mats):
+        def body(c, _):
+            total = sum(jnp.sum(jnp.full((batch, m.shape[0]), c) @ m) for m in mats)
+            return c + 1e-9 * total, None
+        return jax.lax.scan(body, jnp.float32(1.0), None, length=steps)[0]
+
+    return median_us(run, (mats,), repeats) / steps
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--layers", type=int, default=4)
@@ -60,7 +82,7 @@ def main() -> None:
           f"{args.layers} layers, d_model {args.d_model}, window {args.window}, "
           f"median of {args.steps} steps")
     print(f"{'layer':6s} {'B':>4s} {'how':>9s} {'window us/step':>15s} {'step us/step':>12s} "
-          f"{'ratio':>7s}")
+          f"{'ratio':>7s} {'floor us/step':>13s} {'window/floor':>12s}")
     for name, kw in layers.items():
         model = SequencePolicy(out_dim=args.out_dim, layer=name, d_model=args.d_model,
                                n_layers=args.layers, layer_kwargs=kw)
@@ -79,10 +101,12 @@ def main() -> None:
 
             carry = model.initialize_carry(B)
             # Same answer first: stepping through the window ends on the window's last output.
-            c = carry
-            for t in range(args.window):
-                c, y = step(params, c, window[:, t])
-            np.testing.assert_allclose(y, predict_window(params, window), rtol=1e-3, atol=1e-4)
+            # (In full float32: a GPU's default matmuls are TF32, good to about 1e-3.)
+            with jax.default_matmul_precision("float32"):
+                c = carry
+                for t in range(args.window):
+                    c, y = step(params, c, window[:, t])
+                np.testing.assert_allclose(y, predict_window(params, window), rtol=1e-3, atol=1e-4)
 
             t_win = median_us(predict_window, (params, window), args.steps)
             t_step = median_us(step, (params, carry, window[:, -1]), args.steps)
@@ -107,8 +131,9 @@ def main() -> None:
             n = args.scan_steps
             s_win = median_us(scan_window, (params, window, xs), args.repeats) / n
             s_step = median_us(scan_step, (params, carry, xs), args.repeats) / n
+            s_floor = matmul_floor_us(params, B, n, args.repeats)
             print(f"{name:6s} {B:4d} {'in scan':>9s} {s_win:15.1f} {s_step:12.1f} "
-                  f"{s_win / s_step:6.1f}x")
+                  f"{s_win / s_step:6.1f}x {s_floor:13.1f} {s_win / s_floor:11.1f}x")
 
 
 if __name__ == "__main__":
