@@ -68,6 +68,9 @@ class ClipDataset:
         n_syllables: one-hot width; by default the largest syllable ID in the folder + 1. IDs
             outside ``[0, n_syllables)`` are clamped, with one warning.
         prefetch: batches kept ready by the streaming thread.
+        start_step: the index of the first batch. Batch ``k`` depends only on the seed, the
+            split and ``k``, so a dataset started at step ``k`` yields exactly the batches an
+            uninterrupted one yields from its ``k``-th on (what a resumed run needs).
 
     ``x_in`` is an array (B, T, D) for one-part modes and a tuple of arrays for two-part modes;
     ``x_tgt`` is (B, T, D_tgt). All float32.
@@ -89,6 +92,7 @@ class ClipDataset:
         normalizer: str | Normalizer | None = None,
         n_syllables: int | None = None,
         prefetch: int = 2,
+        start_step: int = 0,
     ):
         self.mode = get_mode(mmode)
         if split not in SPLITS:
@@ -146,8 +150,9 @@ class ClipDataset:
                                        for s in self.mode.sources}
 
         self.normalizer = self._normalizer(normalizer)
-        self._rng = np.random.default_rng([seed, 1 + SPLITS.index(split)])  # clips and starts
-        self._noise_rng = np.random.default_rng([seed, 3])  # its own stream: noise never moves sampling
+        if not (isinstance(start_step, (int, np.integer)) and start_step >= 0):
+            raise ValueError(f"start_step must be an int >= 0, got {start_step!r}.")
+        self._step = int(start_step)  # the index of the next batch
         self._queue: queue.Queue | None = None
         self._stop = threading.Event()
 
@@ -208,12 +213,15 @@ class ClipDataset:
 
     def _next_batch(self):
         B, L = self.batch_size, self.seg_len
+        k, self._step = self._step, self._step + 1
+        rng = np.random.default_rng([self.seed, 1 + SPLITS.index(self.split), k])  # clips, starts
+        noise_rng = np.random.default_rng([self.seed, 3, k])  # its own stream: noise never moves sampling
         if self.test_batch:
             clips, starts = np.full(B, self.clip_ids[0]), np.zeros(B, dtype=np.int64)
         else:
-            pick = self._rng.choice(len(self.clip_ids), B, replace=len(self.clip_ids) < B)
+            pick = rng.choice(len(self.clip_ids), B, replace=len(self.clip_ids) < B)
             clips = self.clip_ids[pick]
-            starts = self._rng.integers(0, self._lengths[pick] - L)
+            starts = rng.integers(0, self._lengths[pick] - L)
         seg = {s: np.stack([self._segment(int(c), s, int(t)) for c, t in zip(clips, starts)])
                for s in self.mode.sources}  # (B, L + 1, D)
         x_in = tuple(seg[s][:, :-1] for s in self.mode.x_in)
@@ -224,7 +232,7 @@ class ClipDataset:
             x_tgt = self.normalizer.normalize_tgt(x_tgt)
         if self.split == "train" and self.noise_std > 0 and not self.test_batch:
             x_in = tuple(
-                x if s == "syllables" else x + self.noise_std * self._noise_rng.standard_normal(x.shape, np.float32)
+                x if s == "syllables" else x + self.noise_std * noise_rng.standard_normal(x.shape, np.float32)
                 for s, x in zip(self.mode.x_in, x_in)
             )
         x_in = tuple(np.asarray(x, np.float32) for x in x_in)

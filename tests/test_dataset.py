@@ -110,6 +110,21 @@ def test_determinism_for_a_seed(clips, mode):
     assert not np.array_equal(a[0][1], c[0][1])
 
 
+@pytest.mark.parametrize("preload", [True, False])
+def test_start_step_continues_the_batch_sequence(clips, preload):
+    """Batch k depends only on (seed, split, k): what a resumed run needs."""
+    kw = dict(batch_size=4, seg_len=20, seed=3, noise_std=0.2, preload=preload)
+    full = ClipDataset(clips, **kw)
+    seq = [next(full) for _ in range(5)]
+    later = ClipDataset(clips, start_step=3, **kw)
+    for x_want, y_want in seq[3:]:
+        x_got, y_got = next(later)
+        np.testing.assert_array_equal(x_got, x_want)
+        np.testing.assert_array_equal(y_got, y_want)
+    with pytest.raises(ValueError, match="start_step must be an int >= 0"):
+        ClipDataset(clips, start_step=-1, **kw)
+
+
 def test_splits_are_disjoint_and_cover_the_clips(clips):
     train, val = split_clips(len(LENGTHS), 0.75, seed=5)
     assert set(train).isdisjoint(val) and sorted([*train, *val]) == list(range(len(LENGTHS)))

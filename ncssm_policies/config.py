@@ -1,0 +1,316 @@
+"""``TrainConfig``: the typed schema of an ``ncssm-train`` YAML config, and how it is loaded.
+
+One flat mapping, with the keys of the original ncssm configs. Its defaults are the quickstart
+(``configs/quickstart.yaml`` holds the same values, and a test keeps the two equal). Loading is
+strict: an unknown key is an error that suggests the nearest known key, a value of the wrong
+type is an error naming the key, and ``--override key=value`` reads each value as a YAML scalar
+with ``yaml.safe_load`` (nothing is ever evaluated as code).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used; the message names the file, key or value."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Every key of a training config, with the quickstart as defaults.
+
+    Model: ``model_type`` is a registered policy (``ncssm-train --list-policies``); ``mmode`` a
+    modeling mode (:data:`ncssm_data.MODES`). S5 reads ``ssm_size`` (P), ``blocks``, ``c_init``,
+    ``discretization``, ``dt_min``/``dt_max``, ``conj_sym``, ``clip_eigs``, ``bidirectional``;
+    Mamba reads ``d_state`` (N), ``expand``, ``dt_min``/``dt_max``. ``model_kwargs`` go to the
+    policy's ``make`` as they are (a plugin's own hyper-parameters). The controller
+    (``state_intention_controller``) adds ``int_dim`` (None: the width of the clips'
+    ``/latent_mean``) and ``decoder_hidden``; the syllable controller ``embed_dim``.
+
+    Dimensions come from the data. ``in_dim`` (one int per input part) and ``out_dim`` may be
+    written down; they are then checked against the data.
+
+    Training: ``epochs`` x ``iters_per_epoch`` steps of batch ``batch_size`` and ``seg_len``
+    frames; ``val_steps`` validation batches after each epoch; AdamW with ``learning_rate``
+    (``ssm_lr`` and no weight decay for S5's Lambda, B and log-step), linear ``warmup`` steps
+    then cosine decay; global-norm clipping at ``grad_clip`` (0: none); ``dropout``;
+    ``noise_std`` on training inputs (normalized units).
+
+    Data: ``root_dir`` (None: the built-in rodent clips, generated on first use),
+    ``train_frac``, ``preload``, ``norm_method`` (``zscore``, ``minmax`` or ``none``).
+
+    Checkpoints: every ``ckpt_freq`` epochs (and at the end), the last ``keep_ckpts`` kept,
+    plus the best by val loss. ``ckpt_dir`` (None: ``<run folder>/checkpoints``).
+
+    Logging: ``logger`` (``jsonl``, ``tensorboard`` or ``wandb``; JSONL is always written),
+    ``project``, ``name``, ``tags``; ``runs_dir`` holds the run folders.
+
+    ``test_batch`` trains on the first ``seg_len`` frames of clip ``clip_idx`` only. ``seed``
+    drives the split, the batches, the init and dropout.
+    """
+
+    # model
+    model_type: str = "s5"
+    mmode: str = "state_action"
+    n_layers: int = 2
+    d_model: int = 64
+    ssm_size: int = 64
+    blocks: int = 4
+    c_init: str = "trunc_standard_normal"
+    discretization: str = "zoh"
+    dt_min: float = 0.001
+    dt_max: float = 0.1
+    conj_sym: bool = True
+    clip_eigs: bool = False
+    bidirectional: bool = False
+    d_state: int = 16
+    expand: int = 2
+    model_kwargs: dict = field(default_factory=dict)
+    int_dim: int | None = None
+    decoder_hidden: list[int] = field(default_factory=lambda: [256, 256])
+    embed_dim: int = 16
+    in_dim: list[int] | None = None
+    out_dim: int | None = None
+    # training
+    epochs: int = 12
+    iters_per_epoch: int = 50
+    val_steps: int = 4
+    batch_size: int = 16
+    seg_len: int = 200
+    learning_rate: float = 0.003
+    ssm_lr: float = 0.001
+    weight_decay: float = 0.01
+    warmup: int = 50
+    grad_clip: float = 1.0
+    dropout: float = 0.0
+    noise_std: float = 0.0
+    # data
+    root_dir: str | None = None
+    train_frac: float = 0.8
+    preload: bool = True
+    norm_method: str = "zscore"
+    # checkpoints
+    ckpt_dir: str | None = None
+    keep_ckpts: int = 2
+    ckpt_freq: int = 1
+    # logging
+    logger: str = "jsonl"
+    project: str = "ncssm"
+    name: str = "quickstart"
+    tags: list[str] = field(default_factory=list)
+    runs_dir: str = "runs"
+    # debugging and seed
+    test_batch: bool = False
+    clip_idx: int = 0
+    seed: int = 0
+
+    def __post_init__(self):
+        _check_values(self)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    def replace(self, **changes) -> "TrainConfig":
+        return from_dict({**self.to_dict(), **changes}, where="the config")
+
+
+FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+LOGGERS = ("jsonl", "tensorboard", "wandb")
+NORM_METHODS = ("zscore", "minmax", "none")
+# The keys that fix the model's parameters: a checkpoint restores only into the same values.
+MODEL_KEYS = ("model_type", "mmode", "n_layers", "d_model", "ssm_size", "blocks", "conj_sym",
+              "bidirectional", "d_state", "expand", "model_kwargs", "int_dim", "decoder_hidden",
+              "embed_dim")
+
+
+# ----------------------------------------------------------------------------------------------
+# Types
+# ----------------------------------------------------------------------------------------------
+
+
+def _type_name(tp) -> str:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        return " or ".join("null" if a is type(None) else _type_name(a) for a in args)
+    if origin is list:
+        (item,) = typing.get_args(tp)
+        return f"a list of {_type_name(item)}"
+    return {int: "an int", float: "a number", str: "a string", bool: "true/false",
+            dict: "a mapping"}.get(tp, str(tp))
+
+
+def _coerce(key: str, value: Any, tp, where: str) -> Any:
+    """``value`` as type ``tp`` (ints are accepted for floats), else a ConfigError naming ``key``."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(key, value, arg, where)
+            except ConfigError:
+                pass
+    elif origin is list:
+        (item,) = typing.get_args(tp)
+        if isinstance(value, list):
+            return [_coerce(key, v, item, where) for v in value]
+        if item is int and isinstance(value, int) and not isinstance(value, bool):
+            return [value]  # one int for a one-part input
+    elif tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads ``1e-3`` (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    elif tp is dict:
+        if isinstance(value, dict) and all(isinstance(k, str) for k in value):
+            return dict(value)
+    raise ConfigError(
+        f"{where}: key {key!r} must be {_type_name(tp)}, got {value!r} "
+        f"({type(value).__name__})."
+    )
+
+
+def _check_values(cfg: TrainConfig) -> None:
+    def positive(*keys):
+        for k in keys:
+            if getattr(cfg, k) < 1:
+                raise ConfigError(f"Config key {k!r} must be >= 1, got {getattr(cfg, k)!r}.")
+
+    positive("n_layers", "d_model", "ssm_size", "blocks", "d_state", "expand", "embed_dim",
+             "epochs", "iters_per_epoch", "val_steps", "batch_size", "seg_len", "keep_ckpts",
+             "ckpt_freq")
+    for k in ("learning_rate", "ssm_lr", "weight_decay", "grad_clip", "dropout", "noise_std",
+              "warmup"):
+        if getattr(cfg, k) < 0:
+            raise ConfigError(f"Config key {k!r} must be >= 0, got {getattr(cfg, k)!r}.")
+    if not 0.0 < cfg.dt_min <= cfg.dt_max:
+        raise ConfigError(f"Config keys dt_min and dt_max need 0 < dt_min <= dt_max, got "
+                          f"{cfg.dt_min!r} and {cfg.dt_max!r}.")
+    if not 0.0 < cfg.train_frac < 1.0:
+        raise ConfigError(f"Config key 'train_frac' must be in (0, 1), got {cfg.train_frac!r}.")
+    if not 0.0 <= cfg.dropout < 1.0:
+        raise ConfigError(f"Config key 'dropout' must be in [0, 1), got {cfg.dropout!r}.")
+    if cfg.logger not in LOGGERS:
+        raise ConfigError(f"Config key 'logger' must be one of {list(LOGGERS)}, got {cfg.logger!r}.")
+    if cfg.norm_method not in NORM_METHODS:
+        raise ConfigError(
+            f"Config key 'norm_method' must be one of {list(NORM_METHODS)}, got {cfg.norm_method!r}.")
+    from ncssm_data.modes import MODES
+
+    if cfg.mmode not in MODES:
+        raise ConfigError(
+            f"Config key 'mmode' is {cfg.mmode!r}; expected one of {list(MODES)}.")
+    if not cfg.name or any(c in cfg.name for c in "/\\") or cfg.name in (".", ".."):
+        raise ConfigError(f"Config key 'name' must be a plain folder name, got {cfg.name!r}.")
+
+
+# ----------------------------------------------------------------------------------------------
+# Loading
+# ----------------------------------------------------------------------------------------------
+
+
+def _unknown_key(key: str, where: str) -> ConfigError:
+    close = difflib.get_close_matches(key, FIELDS, n=1, cutoff=0.6)
+    hint = f"; did you mean {close[0]!r}?" if close else f"; known keys: {', '.join(FIELDS)}."
+    return ConfigError(f"{where}: unknown key {key!r}{hint}")
+
+
+def from_dict(values: dict, where: str = "the config") -> TrainConfig:
+    """A checked TrainConfig from a mapping (missing keys take their defaults)."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"{where} must be a mapping of keys to values, got "
+                          f"{type(values).__name__}.")
+    hints = typing.get_type_hints(TrainConfig)
+    kwargs = {}
+    for key, value in values.items():
+        if key not in FIELDS:
+            raise _unknown_key(str(key), where)
+        kwargs[key] = _coerce(key, value, hints[key], where)
+    return TrainConfig(**kwargs)
+
+
+def read_yaml(path: str | Path) -> dict:
+    """The mapping in a YAML file; a missing file or a syntax error is one ConfigError."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise ConfigError(f"Cannot read config {path}: {err.strerror or err}.") from None
+    try:
+        values = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        line = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(f"Config {path} is not valid YAML{line}: {problem}.") from None
+    if values is None:
+        return {}
+    if not isinstance(values, dict):
+        raise ConfigError(f"Config {path} must hold a mapping of keys to values, got "
+                          f"{type(values).__name__}.")
+    return values
+
+
+def parse_overrides(overrides) -> dict:
+    """``["key=value", ...]`` -> ``{key: value}``, each value read as YAML by ``safe_load``.
+
+    The value is data, never code: ``x=__import__('os')`` is the string ``"__import__('os')"``
+    (and ``x`` an unknown key).
+    """
+    values = {}
+    for item in overrides or ():
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(f"Override {item!r} must be written key=value.")
+        try:
+            values[key] = yaml.safe_load(text) if text.strip() else None
+        except yaml.YAMLError:
+            values[key] = text  # not YAML: a plain string
+    return values
+
+
+def load_config(path: str | Path | None = None, overrides=()) -> TrainConfig:
+    """The config in ``path`` (None: the quickstart defaults) with ``overrides`` applied."""
+    values = read_yaml(path) if path is not None else {}
+    where = f"Config {path}" if path is not None else "The config"
+    extra = parse_overrides(overrides)
+    for key in extra:
+        if key not in FIELDS:
+            raise _unknown_key(key, "Override")
+    return from_dict({**values, **extra}, where=where)
+
+
+def model_mismatch(saved: dict, current: dict) -> list[str]:
+    """The :data:`MODEL_KEYS` whose values differ, each as ``key: saved -> current``."""
+    return [f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in MODEL_KEYS
+            if saved.get(k) != current.get(k)]

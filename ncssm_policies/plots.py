@@ -1,0 +1,67 @@
+"""The end-of-run figures of ``ncssm-train`` (matplotlib, headless)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def learning_curve(metrics: Path, out: Path) -> Path:
+    """Train loss (every logged step) and val loss (every epoch) against step, log scale."""
+    plt = _pyplot()
+    train, val = [], []
+    for line in Path(metrics).read_text().splitlines():
+        rec = json.loads(line)
+        if "train_loss" in rec:
+            train.append((rec["step"], rec["train_loss"]))
+        if "val_loss" in rec:
+            val.append((rec["step"], rec["val_loss"]))
+    fig, ax = plt.subplots(figsize=(6, 4), constrained_layout=True)
+    for points, label, style in ((train, "train", "-"), (val, "val", "o-")):
+        if points:
+            steps, losses = zip(*sorted(dict(points).items()))
+            ax.plot(steps, losses, style, label=label)
+    ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel("MSE (normalized units)")
+    ax.set_title("learning curve")
+    ax.legend()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
+
+
+def pred_vs_true(model, params, batch, normalizer, mmode: str, out: Path, n_dims: int = 4) -> Path:
+    """The first ``n_dims`` target dims of the first val segment: truth and the teacher-forced
+    one-step-ahead prediction, in data units when the run was normalized."""
+    import jax
+
+    plt = _pyplot()
+    x_in, x_tgt = batch
+    y = np.asarray(jax.device_get(model.apply({"params": params}, x_in)))[0]
+    t = np.asarray(jax.device_get(x_tgt))[0]
+    if normalizer is not None:
+        y, t = normalizer.denormalize_tgt(y), normalizer.denormalize_tgt(t)
+    k = min(n_dims, t.shape[-1])
+    fig, axes = plt.subplots(k, 1, figsize=(7, 1.8 * k), sharex=True, constrained_layout=True)
+    for d, ax in enumerate(np.atleast_1d(axes)):
+        ax.plot(t[:, d], label="true", lw=1.5)
+        ax.plot(y[:, d], label="predicted", lw=1.0)
+        ax.set_ylabel(f"dim {d}")
+    np.atleast_1d(axes)[0].legend(loc="upper right")
+    np.atleast_1d(axes)[0].set_title(f"{mmode}: one-step-ahead prediction on a val segment")
+    np.atleast_1d(axes)[-1].set_xlabel("frame")
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out

@@ -1,0 +1,323 @@
+"""ncssm-train: configs, the training loop, checkpoints and exact resume, logging, bad input."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from ncssm_policies.checkpoint import CheckpointError, load_policy
+from ncssm_policies.config import ConfigError, TrainConfig, load_config, parse_overrides
+from ncssm_policies.train import TrainingError, main, train
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
+
+
+@pytest.fixture()
+def tiny(test_clips, tmp_path):
+    """A small, fast config on the test body's clips, writing under tmp_path."""
+    return TrainConfig(root_dir=str(test_clips), seg_len=30, batch_size=4, epochs=2,
+                       iters_per_epoch=3, val_steps=1, d_model=16, ssm_size=8, blocks=2,
+                       n_layers=1, warmup=2, runs_dir=str(tmp_path / "runs"))
+
+
+def metrics(run_dir):
+    return [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+
+
+def leaves(params):
+    return [np.asarray(x) for x in jax.tree.leaves(params)]
+
+
+# ----------------------------------------------------------------------------------------------
+# Configs
+# ----------------------------------------------------------------------------------------------
+
+
+def test_quickstart_yaml_is_the_defaults():
+    assert load_config(REPO / "configs" / "quickstart.yaml") == TrainConfig()
+    assert load_config(None) == TrainConfig()
+
+
+def test_shipped_configs_cover_the_modes():
+    names = {p.stem for p in CONFIGS}
+    assert {"quickstart", "s5_sa", "s5_si", "s5_sic", "s5_ssi", "s5_ps", "mamba"} <= names
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
+def test_every_config_trains_two_steps(path, test_clips, tmp_path):
+    cfg = load_config(path, [f"root_dir={test_clips}", "epochs=1", "iters_per_epoch=2",
+                             "val_steps=1", "batch_size=2", "seg_len=20",
+                             f"runs_dir={tmp_path}"])
+    result = train(cfg, progress=False, plots=False)
+    assert result.step == 2 and np.isfinite(result.val_loss)
+    assert load_policy(result.run_dir).config == cfg
+
+
+def test_overrides_are_typed():
+    cfg = load_config(None, ["epochs=3", "learning_rate=1e-3", "conj_sym=false", "name=run7",
+                             "tags=[a, b]", "root_dir=null", "ssm_lr=1", "in_dim=67",
+                             "model_kwargs={glu: full_glu}"])
+    assert cfg.epochs == 3 and isinstance(cfg.epochs, int)
+    assert cfg.learning_rate == 1e-3 and cfg.ssm_lr == 1.0 and isinstance(cfg.ssm_lr, float)
+    assert cfg.conj_sym is False and cfg.name == "run7" and cfg.tags == ["a", "b"]
+    assert cfg.root_dir is None and cfg.in_dim == [67] and cfg.model_kwargs == {"glu": "full_glu"}
+    assert parse_overrides(["name=123"]) == {"name": 123}
+    with pytest.raises(ConfigError, match="'name' must be a string"):
+        load_config(None, ["name=123"])
+
+
+# ----------------------------------------------------------------------------------------------
+# Training
+# ----------------------------------------------------------------------------------------------
+
+
+def test_run_folder_holds_what_the_readme_lists(tiny):
+    result = train(tiny, progress=False)
+    names = {p.name for p in result.run_dir.iterdir()}
+    assert {"config.yaml", "metrics.jsonl", "checkpoints", "learning_curve.png",
+            "pred_vs_true.png", "summary.json"} <= names
+    assert result.run_dir.name.startswith("quickstart-")
+    assert load_config(result.run_dir / "config.yaml") == tiny
+    summary = json.loads((result.run_dir / "summary.json").read_text())
+    assert summary["target"] == "ctrl" and len(summary["val_r2"]["per_dim"]) == 4
+    assert [m["step"] for m in metrics(result.run_dir) if "val_loss" in m] == [3, 6]
+
+
+def test_test_batch_overfits_one_clip(tiny):
+    cfg = tiny.replace(test_batch=True, clip_idx=1, epochs=1, iters_per_epoch=300,
+                       learning_rate=0.01, ssm_lr=0.005, warmup=20, d_model=32, ssm_size=16,
+                       n_layers=2)
+    result = train(cfg, progress=False, plots=False)
+    losses = [m["train_loss"] for m in metrics(result.run_dir) if "train_loss" in m]
+    assert losses[0] / losses[-1] > 100, losses
+
+
+def test_checkpoints_kept_as_configured(tiny):
+    cfg = tiny.replace(epochs=5, ckpt_freq=2, keep_ckpts=2)
+    result = train(cfg, progress=False, plots=False)
+    root = result.run_dir / "checkpoints"
+    assert sorted(int(p.name) for p in (root / "periodic").iterdir()) == [12, 15]
+    val = {m["step"]: m["val_loss"] for m in metrics(result.run_dir) if "val_loss" in m}
+    assert [int(p.name) for p in (root / "best").iterdir()] == [min(val, key=val.get)]
+    assert load_policy(result.run_dir).step == min(val, key=val.get)
+    assert load_policy(result.run_dir, which="latest").step == 15
+
+
+def test_load_policy_round_trips(tiny):
+    from ncssm_data import ClipDataset
+
+    result = train(tiny.replace(mmode="state_intention_controller"), progress=False, plots=False)
+    loaded = load_policy(result.run_dir / "checkpoints", which="latest")
+    assert loaded.config.mmode == "state_intention_controller" and loaded.step == 6
+    val = ClipDataset(tiny.root_dir, batch_size=4, split="val", seg_len=30,
+                      mmode="state_intention_controller", normalizer=loaded.normalizer)
+    x_in, x_tgt = next(val)
+    y = loaded.model.apply({"params": loaded.params}, x_in)
+    mse = float(np.mean((np.asarray(y) - x_tgt) ** 2))
+    assert mse == pytest.approx(metrics(result.run_dir)[-1]["val_loss"], rel=1e-5)
+    # The one-step form runs from the loaded params too.
+    carry = loaded.model.initialize_carry(4)
+    carry, y0 = loaded.model.apply({"params": loaded.params}, carry,
+                                   tuple(x[:, 0] for x in x_in), method="step")
+    np.testing.assert_allclose(y0, np.asarray(y)[:, 0], rtol=1e-4, atol=1e-5)
+
+
+RESUME_CFG = dict(seg_len=30, batch_size=4, epochs=8, iters_per_epoch=4, val_steps=1,
+                  d_model=16, ssm_size=8, blocks=2, n_layers=1, warmup=3, dropout=0.1,
+                  noise_std=0.05)
+
+
+def test_exact_resume_after_sigkill(test_clips, tmp_path):
+    cfg = TrainConfig(root_dir=str(test_clips), runs_dir=str(tmp_path), **RESUME_CFG)
+    path = tmp_path / "cfg.yaml"
+    path.write_text(cfg.to_json())  # JSON is YAML
+    run = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "ncssm_policies.train", "--config", str(path), "--run-dir",
+           str(run), "--no-progress"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        done = [m for m in metrics(run) if "val_loss" in m] if (run / "metrics.jsonl").exists() else []
+        if len(done) >= 3 or proc.poll() is not None:
+            break
+        time.sleep(0.01)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = len([m for m in metrics(run) if "val_loss" in m])
+    assert killed_at < cfg.epochs
+
+    resumed = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resumed at step" in resumed.stdout
+
+    straight = train(cfg, run_dir=tmp_path / "straight", progress=False, plots=False)
+    a = load_policy(run, which="latest")
+    b = load_policy(straight.run_dir, which="latest")
+    assert a.step == b.step == 32
+    for x, y in zip(leaves(a.params), leaves(b.params)):
+        assert np.array_equal(x, y)
+
+
+def test_two_devices_match_one(test_clips, tmp_path):
+    cfg = TrainConfig(root_dir=str(test_clips), **{**RESUME_CFG, "epochs": 1, "iters_per_epoch": 3})
+    path = tmp_path / "cfg.yaml"
+    path.write_text(cfg.to_json())
+    code = ("import sys, jax; from ncssm_policies.config import load_config; "
+            "from ncssm_policies.train import train; "
+            "print(jax.device_count()); "
+            "train(load_config(sys.argv[1]), run_dir=sys.argv[2], progress=False, plots=False)")
+    runs = {}
+    for n in (1, 2):
+        env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={n}"}
+        out = subprocess.run([sys.executable, "-c", code, str(path), str(tmp_path / f"d{n}")],
+                             capture_output=True, text=True, env=env, timeout=300)
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.split()[0] == str(n)
+        runs[n] = (metrics(tmp_path / f"d{n}")[-1], load_policy(tmp_path / f"d{n}", "latest"))
+    (m1, p1), (m2, p2) = runs[1], runs[2]
+    assert m2["epoch_train_loss"] == pytest.approx(m1["epoch_train_loss"], rel=1e-5)
+    assert m2["val_loss"] == pytest.approx(m1["val_loss"], rel=1e-5)
+    for x, y in zip(leaves(p1.params), leaves(p2.params)):
+        np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-6)
+
+
+def test_two_devices_need_a_divisible_batch(test_clips, tmp_path):
+    code = ("from ncssm_policies.config import TrainConfig; from ncssm_policies.train import train; "
+            f"train(TrainConfig(root_dir={str(test_clips)!r}, batch_size=3, seg_len=20, "
+            f"runs_dir={str(tmp_path)!r}), progress=False)")
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                         timeout=300)
+    assert "batch_size' is 3, which the 2 devices cannot split evenly" in out.stderr
+
+
+def test_tensorboard_logger(tiny):
+    pytest.importorskip("tensorboardX")
+    result = train(tiny.replace(logger="tensorboard", epochs=1), progress=False, plots=False)
+    assert list((result.run_dir / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_wandb_logger_offline(tiny, monkeypatch):
+    pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    result = train(tiny.replace(logger="wandb", epochs=1), progress=False, plots=False)
+    assert list((result.run_dir / "wandb").glob("offline-run-*"))
+
+
+def test_cli_lists_policies(capsys):
+    assert main(["--list-policies"]) == 0
+    out = capsys.readouterr().out
+    assert "s5" in out and "mamba" in out
+
+
+def test_cli_trains_and_prints_the_summary(tiny, tmp_path, capsys):
+    path = tmp_path / "cfg.yaml"
+    path.write_text(tiny.to_json())
+    assert main(["--config", str(path), "--override", "epochs=1", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "target 'ctrl': val loss" in out and "R2" in out and "learning curve:" in out
+
+
+# ----------------------------------------------------------------------------------------------
+# Bad input
+# ----------------------------------------------------------------------------------------------
+
+
+def test_missing_config(tmp_path):
+    with pytest.raises(ConfigError, match=r"Cannot read config .*nope\.yaml"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_yaml_syntax_error_names_the_line(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("epochs: 3\nmodel_type: [s5\nseed: 1\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml is not valid YAML at line \d+"):
+        load_config(path)
+
+
+def test_unknown_key_suggests_the_nearest(tmp_path):
+    path = tmp_path / "typo.yaml"
+    path.write_text("lerning_rate: 0.1\n")
+    with pytest.raises(ConfigError, match="unknown key 'lerning_rate'; did you mean 'learning_rate'"):
+        load_config(path)
+    with pytest.raises(ConfigError, match="Override: unknown key 'epoch'; did you mean 'epochs'"):
+        load_config(None, ["epoch=3"])
+
+
+def test_wrong_type_names_the_key(tmp_path):
+    path = tmp_path / "type.yaml"
+    path.write_text("epochs: ten\n")
+    with pytest.raises(ConfigError, match="key 'epochs' must be an int, got 'ten'"):
+        load_config(path)
+    with pytest.raises(ConfigError, match="key 'conj_sym' must be true/false"):
+        load_config(None, ["conj_sym=1"])
+
+
+def test_override_without_equals():
+    with pytest.raises(ConfigError, match="Override 'epochs' must be written key=value"):
+        load_config(None, ["epochs"])
+
+
+def test_malicious_override_is_never_run(tmp_path):
+    marker = tmp_path / "pwned"
+    payload = f"__import__('os').system('touch {marker}')"
+    cfg = load_config(None, [f"project={payload}"])
+    assert cfg.project == payload  # a plain string
+    with pytest.raises(ConfigError, match="unknown key 'x'"):
+        load_config(None, [f"x={payload}"])
+    assert not marker.exists()
+
+
+def test_unknown_model_type_and_mode(tiny):
+    with pytest.raises(ConfigError, match="'model_type' is 'lstm'.*known: .*s5"):
+        train(tiny.replace(model_type="lstm"), progress=False)
+    with pytest.raises(ConfigError, match="'mmode' is 'state_acton'; expected one of"):
+        load_config(None, ["mmode=state_acton"])
+
+
+def test_data_folder_without_clips(tiny, tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConfigError, match=r"Data folder .*empty \(root_dir\) holds no clip_<i>\.h5"):
+        train(tiny.replace(root_dir=str(tmp_path / "empty")), progress=False)
+
+
+def test_checkpoint_of_another_model(tiny, tmp_path):
+    train(tiny.replace(epochs=1), run_dir=tmp_path / "run", progress=False, plots=False)
+    with pytest.raises(CheckpointError, match=r"another model; mismatched keys .*d_model: 16 -> 32"):
+        train(tiny.replace(d_model=32), run_dir=tmp_path / "run", progress=False)
+
+
+def test_missing_or_empty_checkpoint_folder(tmp_path):
+    with pytest.raises(CheckpointError, match="No checkpoint folder at"):
+        load_policy(tmp_path / "nothing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CheckpointError, match="holds no checkpoints"):
+        load_policy(tmp_path / "empty")
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny, tmp_path):
+    run = tmp_path / "run"
+    train(tiny.replace(epochs=1), run_dir=run, progress=False, plots=False)
+    before = load_policy(run, which="latest")
+    with pytest.raises(TrainingError, match=r"loss became (nan|inf).*last good checkpoint .* is intact"):
+        train(tiny.replace(epochs=3, learning_rate=1e30, ssm_lr=1e30, grad_clip=0.0, warmup=0),
+              run_dir=run, progress=False, plots=False)
+    after = load_policy(run, which="latest")
+    assert after.step == before.step == 3
+    for x, y in zip(leaves(before.params), leaves(after.params)):
+        assert np.array_equal(x, y)
+
+
+def test_cli_reports_bad_input_in_one_line(tmp_path, capsys):
+    assert main(["--config", str(tmp_path / "missing.yaml")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("ncssm-train: error: Cannot read config") and "\n" not in err
