@@ -214,7 +214,7 @@ def cache_dir() -> Path:
     return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "ncssm")
 
 
-def builtin_clips(body: str = "rodent", n_clips: int = 32, n_frames: int = 600,
+def builtin_clips(body: str = "rodent", n_clips: int = 64, n_frames: int = 600,
                   seed: int = 0, timestep: float = 0.002, n_substeps: int = 10) -> Path:
     """The folder of the built-in clips of ``body``, generated on first use.
 
