@@ -68,8 +68,8 @@ class TrainConfig:
     blocks: int = 4
     c_init: str = "trunc_standard_normal"
     discretization: str = "zoh"
-    dt_min: float = 0.001
-    dt_max: float = 0.1
+    dt_min: float = 0.1
+    dt_max: float = 2.0
     conj_sym: bool = True
     clip_eigs: bool = False
     bidirectional: bool = False
@@ -87,12 +87,12 @@ class TrainConfig:
     val_steps: int = 4
     batch_size: int = 16
     seg_len: int = 200
-    learning_rate: float = 0.003
-    ssm_lr: float = 0.001
+    learning_rate: float = 0.004
+    ssm_lr: float = 0.002
     weight_decay: float = 0.01
     warmup: int = 50
     grad_clip: float = 1.0
-    dropout: float = 0.0
+    dropout: float = 0.1
     noise_std: float = 0.0
     # data
     root_dir: str | None = None
