@@ -19,7 +19,6 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -308,10 +307,6 @@ def r2_scores(sse: np.ndarray, total: np.ndarray, sumsq: np.ndarray, n: int) -> 
 def train(cfg: TrainConfig, run_dir: str | Path | None = None, progress: bool = True,
           plots: bool = True) -> RunResult:
     """Train ``cfg``. With ``run_dir`` holding checkpoints, resume from its newest one."""
-    import jax
-    import jax.numpy as jnp
-    from tqdm.auto import tqdm
-
     from ncssm_policies import checkpoint as ckpt
 
     run_dir = Path(run_dir) if run_dir is not None else new_run_dir(cfg)

@@ -92,7 +92,7 @@ def test_run_folder_holds_what_the_readme_lists(tiny):
 
 
 def test_test_batch_overfits_one_clip(tiny):
-    cfg = tiny.replace(test_batch=True, clip_idx=1, epochs=1, iters_per_epoch=300,
+    cfg = tiny.replace(test_batch=True, clip_idx=1, epochs=1, iters_per_epoch=300, dropout=0.0,
                        learning_rate=0.01, ssm_lr=0.005, warmup=20, d_model=32, ssm_size=16,
                        n_layers=2)
     result = train(cfg, progress=False, plots=False)
@@ -227,6 +227,21 @@ def test_cli_trains_and_prints_the_summary(tiny, tmp_path, capsys):
     assert "target 'ctrl': val loss" in out and "R2" in out and "learning curve:" in out
 
 
+def test_cli_resume_goes_on_from_the_newest_checkpoint(tiny, tmp_path, capsys):
+    path = tmp_path / "cfg.yaml"
+    path.write_text(tiny.replace(epochs=1).to_json())
+    run = tmp_path / "run"
+    assert main(["--config", str(path), "--run-dir", str(run), "--no-progress"]) == 0
+    assert main(["--resume", str(run), "--override", "epochs=2", "--no-progress"]) == 0
+    assert "resumed at step 3" in capsys.readouterr().out
+    assert [m["step"] for m in metrics(run) if "val_loss" in m] == [3, 6]
+    assert load_config(run / "config.yaml").epochs == 2
+    (tmp_path / "fresh").mkdir()
+    (tmp_path / "fresh" / "config.yaml").write_text(tiny.to_json())
+    assert main(["--resume", str(tmp_path / "fresh")]) == 2
+    assert "the run folder has no checkpoints yet" in capsys.readouterr().err
+
+
 # ----------------------------------------------------------------------------------------------
 # Bad input
 # ----------------------------------------------------------------------------------------------
@@ -302,6 +317,10 @@ def test_missing_or_empty_checkpoint_folder(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(CheckpointError, match="holds no checkpoints"):
         load_policy(tmp_path / "empty")
+    (tmp_path / "corrupt" / "periodic" / "5" / "config").mkdir(parents=True)
+    (tmp_path / "corrupt" / "periodic" / "5" / "config" / "metadata").write_text("{not json")
+    with pytest.raises(CheckpointError, match=r"periodic/5 has no readable 'config' item"):
+        load_policy(tmp_path / "corrupt")
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny, tmp_path):
