@@ -74,9 +74,31 @@ def test_overrides_are_typed():
         load_config(None, ["name=123"])
 
 
+def test_written_dims_are_checked_against_the_data(tiny):
+    with pytest.raises(ConfigError, match=r"'out_dim' is 5, but the state_action target .* has width 4"):
+        train(tiny.replace(out_dim=5), progress=False)
+    with pytest.raises(ConfigError, match=r"'in_dim' is \[3\], but the state_action inputs"):
+        train(tiny.replace(in_dim=[3]), progress=False)
+
+
 # ----------------------------------------------------------------------------------------------
 # Training
 # ----------------------------------------------------------------------------------------------
+
+
+def test_ssm_parameters_get_their_own_group():
+    from ncssm_policies.models import SequencePolicy
+    from ncssm_policies.train import param_labels
+
+    model = SequencePolicy(out_dim=3, layer="s5", d_model=8, n_layers=1,
+                           layer_kwargs={"state_dim": 4})
+    params = model.init(jax.random.PRNGKey(0), np.zeros((1, 2, 5), np.float32))["params"]
+    labels = {"/".join(str(getattr(k, "key", k)) for k in path): v
+              for path, v in jax.tree_util.tree_leaves_with_path(param_labels(params))}
+    ssm = {k.rsplit("/", 1)[1] for k, v in labels.items() if v == "ssm"}
+    assert ssm == {"Lambda_re", "Lambda_im", "B", "log_step"}
+    assert labels["encoder/kernel"] == "decay" and labels["encoder/bias"] == "no_decay"
+    assert {v for k, v in labels.items() if k.endswith("/C")} == {"decay"}
 
 
 def test_run_folder_holds_what_the_readme_lists(tiny):
