@@ -22,6 +22,7 @@ def register_envs() -> None:
         gymnasium.register(
             ENV_ID,
             entry_point="ncssm_env.gym_env:TrackEnv",
+            vector_entry_point="ncssm_env.vector:make_vector_env",
             max_episode_steps=MAX_EPISODE_STEPS,
         )
 

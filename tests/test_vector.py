@@ -1,0 +1,119 @@
+"""The CPU vector env: make_vec, parity with the single env, NEXT_STEP autoreset, replay, bad input."""
+
+import gymnasium as gym
+import numpy as np
+import pytest
+
+import ncssm_env  # noqa: F401  (registers NCSSM-Track-v0)
+from ncssm_data import ClipStore
+from ncssm_env.gym_env import TrackEnv
+from ncssm_env.task import REWARD_TERMS
+from ncssm_env.vector import TrackVectorEnv
+
+QUIET = {"reset_noise": 0.0}
+
+
+def test_make_vec_gives_the_cpu_vector_env(test_clips):
+    env = gym.make_vec("NCSSM-Track-v0", num_envs=3, body="test", clip_dir=test_clips,
+                       backend="cpu")
+    assert isinstance(env, TrackVectorEnv) and env.num_envs == 3
+    assert env.metadata["autoreset_mode"] == gym.vector.AutoresetMode.NEXT_STEP
+    obs, info = env.reset(seed=0)
+    assert obs.shape == (3,) + env.single_observation_space.shape and obs.dtype == np.float32
+    assert env.observation_space.contains(obs)
+    obs, rew, term, trunc, info = env.step(env.action_space.sample())
+    assert obs.shape[0] == rew.shape[0] == term.shape[0] == trunc.shape[0] == 3
+    assert set(info["errors"]) >= {"root_pos", "joints"} and info["t"].shape == (3,)
+    env.close()
+
+
+def test_make_vec_on_the_rodent(rodent_clips):
+    env = gym.make_vec("NCSSM-Track-v0", num_envs=2, backend="cpu")
+    obs, _ = env.reset(seed=1)
+    assert obs.shape == (2, env.single_observation_space.shape[0])
+    for _ in range(3):
+        obs, rew, term, trunc, _ = env.step(np.zeros((2, 38), np.float32))
+    assert np.isfinite(obs).all() and np.isfinite(rew).all()
+    env.close()
+
+
+def test_matches_single_envs_step_for_step(test_clips):
+    clips, starts = [0, 1, 2], [0, 5, 10]
+    vec = TrackVectorEnv(3, body="test", clip_dir=test_clips, task=QUIET)
+    singles = [TrackEnv(body="test", clip_dir=test_clips, task=QUIET) for _ in clips]
+    obs, _ = vec.reset(seed=0, options={"clip": clips, "start": starts})
+    ref = np.stack([e.reset(options={"clip": c, "start": s})[0]
+                    for e, c, s in zip(singles, clips, starts)])
+    np.testing.assert_array_equal(obs, ref)
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        a = rng.uniform(-0.3, 0.3, (3, vec.model.nu)).astype(np.float32)
+        obs, rew, term, trunc, info = vec.step(a)
+        outs = [e.step(a[i]) for i, e in enumerate(singles)]
+        np.testing.assert_allclose(obs, np.stack([o[0] for o in outs]), rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(rew, [o[1] for o in outs], rtol=1e-9, atol=1e-12)
+        assert list(term) == [o[2] for o in outs] and list(trunc) == [o[3] for o in outs]
+        if term.any() or trunc.any():
+            break
+
+
+def test_replaying_true_controls_tracks_to_the_end(test_clips):
+    """The ground truth scores perfectly: no episode terminates before its clip ends."""
+    store = ClipStore(test_clips)
+    n = len(store)
+    vec = TrackVectorEnv(n, body="test", clip_dir=test_clips, task=QUIET)
+    vec.reset(seed=0, options={"clip": list(range(n)), "start": 0})
+    ctrl = [store.read(i, "ctrl") for i in range(n)]
+    T = min(len(c) for c in ctrl)
+    for t in range(1, T):
+        _, rew, term, trunc, info = vec.step(np.stack([c[t] for c in ctrl]))
+        assert not term.any(), {k: v for k, v in info["termination"].items() if v.any()}
+        for name in REWARD_TERMS:  # every tracking term is perfect
+            np.testing.assert_allclose(info["reward_terms"][name], 1.0, atol=1e-6)
+    assert trunc.all()
+
+
+def test_next_step_autoreset(test_clips):
+    vec = TrackVectorEnv(2, body="test", clip_dir=test_clips, task=QUIET)
+    vec.reset(seed=0, options={"clip": [0, 1], "start": [0, 0]})
+    a = np.zeros((2, vec.model.nu), np.float32)
+    a[0] = np.nan  # env 0 terminates (cause nan) without stepping its physics
+    _, rew, term, trunc, info = vec.step(a)
+    assert term.tolist() == [True, False] and info["termination"]["nan"].tolist() == [True, False]
+    assert rew[0] == 0.0
+    obs, rew, term, trunc, info = vec.step(np.zeros((2, vec.model.nu), np.float32))
+    # The step after: env 0 starts a new episode (reward 0, not done), env 1 goes on.
+    assert rew[0] == 0.0 and not term[0] and not trunc[0] and np.isfinite(obs[0]).all()
+    assert info["t"][1] == 2
+
+
+def test_max_episode_steps_truncates(test_clips):
+    vec = TrackVectorEnv(2, body="test", clip_dir=test_clips, task=QUIET, max_episode_steps=3)
+    vec.reset(seed=0, options={"clip": [0, 1], "start": 0})
+    store = ClipStore(test_clips)
+    for t in range(1, 4):
+        _, _, term, trunc, _ = vec.step(np.stack([store.read(i, "ctrl")[t] for i in (0, 1)]))
+    assert trunc.all() and not term.any()
+
+
+@pytest.mark.parametrize("n", [0, -2, 1.5, True])
+def test_num_envs_must_be_positive(test_clips, n):
+    with pytest.raises(ValueError, match="num_envs must be an int >= 1"):
+        gym.make_vec("NCSSM-Track-v0", num_envs=n, body="test", clip_dir=test_clips)
+
+
+def test_unknown_backend(test_clips):
+    with pytest.raises(ValueError, match="Unknown backend 'gpu'; expected one of"):
+        gym.make_vec("NCSSM-Track-v0", num_envs=2, body="test", clip_dir=test_clips, backend="gpu")
+
+
+def test_clips_of_another_body(test_clips):
+    with pytest.raises(Exception, match="another body|for body 'test'"):
+        gym.make_vec("NCSSM-Track-v0", num_envs=2, body="rodent", clip_dir=test_clips)
+
+
+def test_wrong_action_shape(test_clips):
+    vec = TrackVectorEnv(2, body="test", clip_dir=test_clips)
+    vec.reset(seed=0)
+    with pytest.raises(ValueError, match=r"Actions have shape \(4,\); expected \(2, 4\)"):
+        vec.step(np.zeros(4))
