@@ -1,0 +1,185 @@
+"""``MJXTrackEnv``: the tracking task on ``mujoco.mjx``, as a brax ``Env``.
+
+Written directly against ``brax.envs.base.Env`` (not brax's unmaintained ``PipelineEnv``):
+``reset(rng)`` and ``step(state, action)`` are pure and jittable; physics is ``mjx.step`` in
+a ``lax.scan`` over the substeps; the task math is :mod:`ncssm_env.task` under ``jax.numpy``;
+the reference clips sit on the device as padded ``(n_clips, T_max, ...)`` arrays.
+
+An episode that ends is reset inside ``step`` to a freshly drawn clip and start frame (brax's
+own ``AutoResetWrapper`` would return to a cached first state): the returned state has
+``done = 1``, the reward of the final step, and the first observation of the new episode.
+Train with brax's PPO through :func:`wrap_for_training`, which vmaps without that wrapper.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import mujoco
+import numpy as np
+from brax.envs.base import Env, State, Wrapper
+from mujoco import mjx
+
+from ncssm_env import MAX_EPISODE_STEPS
+from ncssm_env import task as _task
+from ncssm_env.gym_env import TrackEnv
+
+
+class MJXTrackEnv(Env):
+    """Clip tracking under MJX; the arguments are :class:`~ncssm_env.gym_env.TrackEnv`'s.
+
+    State ``info``: ``rng``, ``slot`` (index into the selected clips), ``t`` (frame),
+    ``episode_steps``, ``prev_action`` (nu,) and ``truncation`` (1 when the episode ended at
+    its clip's end or ``max_episode_steps``). ``metrics``: each tracking error and reward term.
+    """
+
+    def __init__(self, body: str = "test", clip_dir=None, clips=None, K: int = 5, task=None,
+                 contacts: str = "body", timestep: float = 0.002, n_substeps: int = 10,
+                 max_episode_steps: int = MAX_EPISODE_STEPS):
+        cpu = TrackEnv(body=body, clip_dir=clip_dir, clips=clips, K=K, task=task,
+                       contacts=contacts, timestep=timestep, n_substeps=n_substeps)
+        try:
+            self.mjx_model = mjx.put_model(cpu.model)
+        except NotImplementedError as err:
+            raise ValueError(f"MJX cannot take body {body!r} with contacts {contacts!r}: "
+                             f"{err}.") from None
+        self.mj_model, self.idx, self.cfg, self.K = cpu.model, cpu.idx, cpu.cfg, K
+        self.n_substeps, self.healthy_z = n_substeps, cpu.healthy_z
+        self.max_episode_steps = max_episode_steps
+        self.obs_layout = cpu.obs_layout
+        self.clip_ids = cpu.clip_ids
+        loaded = [cpu.clip(int(i)) for i in self.clip_ids]
+        lengths = np.array([c.length for c in loaded])
+        T = int(lengths.max())
+        pad = lambda a: np.concatenate([a, np.repeat(a[-1:], T - len(a), 0)])  # noqa: E731
+        stack = lambda get: jnp.asarray(np.stack([pad(get(c)) for c in loaded]))  # noqa: E731
+        self.lengths = jnp.asarray(lengths)
+        self.qpos, self.qvel = stack(lambda c: c.qpos), stack(lambda c: c.qvel)
+        self.act, self.ctrl = stack(lambda c: c.act), stack(lambda c: c.ctrl)
+        self.ref = _task.Kin(*(stack(lambda c, f=f: getattr(c.ref, f)) for f in _task.Kin._fields))
+        self._obs_size = cpu.observation_space.shape[0]
+        self._inv_scales = jnp.asarray(self.cfg.inv_scales)
+        cpu.close()
+
+    # --- brax Env -----------------------------------------------------------------------
+
+    @property
+    def observation_size(self) -> int:
+        return self._obs_size
+
+    @property
+    def action_size(self) -> int:
+        return self.mj_model.nu
+
+    @property
+    def backend(self) -> str:
+        return "mjx"
+
+    def reset(self, rng: jax.Array) -> State:
+        data, info = self._start(rng)
+        zero = jnp.zeros(())
+        metrics = {f"err_{k}": zero for k in _task.ERRORS} | \
+            {f"rew_{k}": zero for k in (*_task.REWARD_TERMS, "ctrl_cost", "smooth_cost")}
+        return State(data, self._obs(data, info), zero, zero, metrics, info)
+
+    def reset_to(self, rng: jax.Array, slot, t) -> State:
+        """:meth:`reset` at a given clip slot and frame (for parity checks and evaluation)."""
+        state = self.reset(rng)
+        data, info = self._start(rng, slot, t)
+        return state.replace(pipeline_state=data, obs=self._obs(data, info), info=info)
+
+    def step(self, state: State, action: jax.Array) -> State:
+        m, info = self.mjx_model, state.info
+        finite_action = jnp.isfinite(action).all()
+        data = state.pipeline_state.replace(ctrl=jnp.where(finite_action, action, 0.0))
+
+        def substep(d, _):
+            return mjx.step(m, d), None
+
+        stepped = mjx.kinematics(m, jax.lax.scan(substep, data, None, length=self.n_substeps)[0])
+        data = jax.tree.map(lambda a, b: jnp.where(finite_action, a, b), stepped,
+                            state.pipeline_state)
+        t = info["t"] + finite_action.astype(info["t"].dtype)
+        steps = info["episode_steps"] + 1
+        cur = self._kin(data)
+        ref_t = _task.Kin(*(f[info["slot"], t] for f in self.ref))
+        err = _task.errors(jnp, cur, ref_t, self.idx.n_end_effectors)
+        finite = finite_action & jnp.isfinite(data.qpos).all() & jnp.isfinite(data.qvel).all()
+        rew, terms = _task.reward(jnp, self.cfg, err, action, info["prev_action"])
+        terminated, _ = _task.termination(jnp, self.cfg, err, cur, self.healthy_z, finite)
+        truncated = (t >= self.lengths[info["slot"]] - 1) | (steps >= self.max_episode_steps)
+        done = terminated | truncated
+        rew = jnp.where(finite, rew, 0.0)
+        prev = jnp.where(finite_action, action, info["prev_action"])
+        info = {**info, "t": t, "episode_steps": steps, "prev_action": prev,
+                "truncation": (truncated & ~terminated).astype(jnp.float32)}
+        obs = jnp.where(finite, self._obs(data, info), 0.0)
+        metrics = {**state.metrics, **{f"err_{k}": v for k, v in err.items()},
+                   **{f"rew_{k}": v for k, v in terms.items()}}  # (keeps wrappers' keys)
+
+        # A finished episode restarts at once on a fresh clip and frame.
+        rng, key = jax.random.split(info["rng"])
+        new_data, new_info = self._start(key)
+        new_info = {**new_info, "truncation": info["truncation"]}
+        pick = lambda a, b: jnp.where(done, a, b)  # noqa: E731
+        data = jax.tree.map(pick, new_data, data)
+        info = {**info, "rng": rng}  # (wrappers' keys in info pass through untouched)
+        info.update({k: jax.tree.map(pick, v, info[k]) for k, v in new_info.items()})
+        obs = jnp.where(done, self._obs(new_data, new_info), obs)
+        return State(data, obs, rew, done.astype(jnp.float32), metrics, info)
+
+    # --- helpers ------------------------------------------------------------------------
+
+    def _start(self, rng, slot=None, t=None):
+        k_clip, k_t, k_noise, rng = jax.random.split(rng, 4)
+        if slot is None:
+            slot = jax.random.randint(k_clip, (), 0, len(self.clip_ids))
+        if t is None:
+            t = jax.random.randint(k_t, (), 0, self.lengths[slot] - 1)
+        slot, t = jnp.asarray(slot, jnp.int32), jnp.asarray(t, jnp.int32)
+        nq = self.mj_model.nq
+        noise = jax.random.uniform(k_noise, (nq - 7,), minval=-self.cfg.reset_noise,
+                                   maxval=self.cfg.reset_noise)
+        qpos = self.qpos[slot, t].at[7:].add(noise)
+        data = mjx.make_data(self.mjx_model).replace(
+            qpos=qpos, qvel=self.qvel[slot, t], act=self.act[slot, t], ctrl=self.ctrl[slot, t])
+        data = mjx.kinematics(self.mjx_model, data)
+        info = {"rng": rng, "slot": slot, "t": t, "episode_steps": jnp.zeros((), jnp.int32),
+                "prev_action": self.ctrl[slot, t], "truncation": jnp.zeros(())}
+        return data, info
+
+    def _kin(self, d) -> _task.Kin:
+        return _task.kin(jnp, self.idx, d.qpos, d.qvel, d.xpos, d.xmat.reshape(d.xmat.shape[:-2] + (9,)))
+
+    def _obs(self, data, info):
+        T = self.lengths[info["slot"]]
+        idx = jnp.minimum(info["t"] + 1 + jnp.arange(self.K), T - 1)
+        ref = _task.Kin(*(f[info["slot"], idx] for f in self.ref))
+        return _task.observation(jnp, self._kin(data), ref, info["prev_action"],
+                                 self.idx.n_end_effectors).astype(jnp.float32)
+
+
+class _ZeroStepsWhenDone(Wrapper):
+    """brax's ``AutoResetWrapper`` without its return to a cached first state: after a done
+    step it zeroes ``EpisodeWrapper``'s step count; the env has already restarted itself."""
+
+    def step(self, state: State, action: jax.Array) -> State:
+        state.info.update(steps=jnp.where(state.done, jnp.zeros_like(state.info["steps"]),
+                                          state.info["steps"]))
+        return self.env.step(state.replace(done=jnp.zeros_like(state.done)), action)
+
+
+def wrap_for_training(env: "MJXTrackEnv", episode_length: int = 1000, action_repeat: int = 1,
+                      randomization_fn=None):
+    """``wrap_env_fn`` for ``brax.training.agents.ppo.train``: brax's ``VmapWrapper`` and
+    ``EpisodeWrapper``, then :class:`_ZeroStepsWhenDone` instead of ``AutoResetWrapper``.
+    ``episode_length`` must equal the env's ``max_episode_steps``, so that both end an
+    episode on the same step."""
+    from brax.envs.wrappers.training import EpisodeWrapper, VmapWrapper
+
+    if randomization_fn is not None or action_repeat != 1:
+        raise ValueError("MJXTrackEnv supports neither randomization_fn nor action_repeat.")
+    if episode_length != env.max_episode_steps:
+        raise ValueError(f"episode_length {episode_length} must equal the env's "
+                         f"max_episode_steps {env.max_episode_steps}.")
+    return _ZeroStepsWhenDone(EpisodeWrapper(VmapWrapper(env), episode_length, action_repeat))
