@@ -13,9 +13,9 @@ Train with brax's PPO through :func:`wrap_for_training`, which vmaps without tha
 
 from __future__ import annotations
 
+import gymnasium as gym
 import jax
 import jax.numpy as jnp
-import mujoco
 import numpy as np
 from brax.envs.base import Env, State, Wrapper
 from mujoco import mjx
@@ -33,7 +33,7 @@ class MJXTrackEnv(Env):
     its clip's end or ``max_episode_steps``). ``metrics``: each tracking error and reward term.
     """
 
-    def __init__(self, body: str = "test", clip_dir=None, clips=None, K: int = 5, task=None,
+    def __init__(self, body: str = "rodent", clip_dir=None, clips=None, K: int = 5, task=None,
                  contacts: str = "body", timestep: float = 0.002, n_substeps: int = 10,
                  max_episode_steps: int = MAX_EPISODE_STEPS):
         cpu = TrackEnv(body=body, clip_dir=clip_dir, clips=clips, K=K, task=task,
@@ -183,3 +183,61 @@ def wrap_for_training(env: "MJXTrackEnv", episode_length: int = 1000, action_rep
         raise ValueError(f"episode_length {episode_length} must equal the env's "
                          f"max_episode_steps {env.max_episode_steps}.")
     return _ZeroStepsWhenDone(EpisodeWrapper(VmapWrapper(env), episode_length, action_repeat))
+
+
+class MJXVectorEnv(gym.vector.VectorEnv):
+    """:class:`MJXTrackEnv` behind Gymnasium's ``VectorEnv`` API, numpy in and out.
+
+    ``num_envs`` envs run as one jitted ``vmap`` of ``reset`` and ``step`` on the default JAX
+    device. Episodes restart inside the step that ends them (Gymnasium's ``SAME_STEP``
+    autoreset): that step returns the reward and terminated/truncated flags of the final step
+    with the first observation of the new episode. ``info``: ``clip``, ``t`` and the
+    ``metrics`` (each tracking error and reward term), each an (N,) array.
+    """
+
+    metadata = {"autoreset_mode": gym.vector.AutoresetMode.SAME_STEP, "render_modes": []}
+
+    def __init__(self, num_envs: int, **kwargs):
+        from gymnasium.vector.utils import batch_space
+
+        if isinstance(num_envs, bool) or not isinstance(num_envs, (int, np.integer)) or num_envs < 1:
+            raise ValueError(f"num_envs must be an int >= 1, got {num_envs!r}.")
+        self.num_envs = int(num_envs)
+        self.env = MJXTrackEnv(**kwargs)
+        D = self.env.observation_size
+        lo, hi = self.env.mj_model.actuator_ctrlrange.T.astype(np.float32)
+        self.single_observation_space = gym.spaces.Box(-np.inf, np.inf, (D,), np.float32)
+        self.single_action_space = gym.spaces.Box(lo, hi, dtype=np.float32)
+        self.observation_space = batch_space(self.single_observation_space, self.num_envs)
+        self.action_space = batch_space(self.single_action_space, self.num_envs)
+        self._reset = jax.jit(jax.vmap(self.env.reset))
+        self._step = jax.jit(jax.vmap(self.env.step))
+        self._state = None
+        self._seed = 0
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        if options:
+            raise ValueError(f"Unknown reset option {sorted(options)[0]!r}; the MJX vector env "
+                             f"takes none.")
+        if seed is not None:
+            self._seed = seed
+        keys = jax.random.split(jax.random.PRNGKey(self._seed), self.num_envs)
+        self._seed += 1
+        self._state = self._reset(keys)
+        return np.asarray(self._state.obs), self._info(self._state)
+
+    def step(self, actions):
+        a = np.asarray(actions, np.float32)
+        if a.shape != (self.num_envs, self.env.action_size):
+            raise ValueError(f"Actions have shape {a.shape}; expected ({self.num_envs}, "
+                             f"{self.env.action_size}).")
+        self._state = s = self._step(self._state, jnp.asarray(a))
+        done = np.asarray(s.done) > 0
+        truncated = done & (np.asarray(s.info["truncation"]) > 0)
+        return (np.asarray(s.obs), np.asarray(s.reward), done & ~truncated, truncated,
+                self._info(s))
+
+    def _info(self, s) -> dict:
+        return {"clip": np.asarray(self.env.clip_ids)[np.asarray(s.info["slot"])],
+                "t": np.asarray(s.info["t"]),
+                "metrics": {k: np.asarray(v) for k, v in s.metrics.items()}}

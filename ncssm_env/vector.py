@@ -27,7 +27,7 @@ from ncssm_env import MAX_EPISODE_STEPS
 from ncssm_env import task as _task
 from ncssm_env.gym_env import TrackEnv
 
-BACKENDS = ("cpu",)
+BACKENDS = ("cpu", "mjx", "auto")
 
 
 class TrackVectorEnv(VectorEnv):
@@ -211,8 +211,21 @@ class TrackVectorEnv(VectorEnv):
 
 
 def make_vector_env(num_envs: int = 1, backend: str = "cpu", **kwargs) -> VectorEnv:
-    """The ``vector_entry_point`` of ``NCSSM-Track-v0``: ``backend`` ``"cpu"`` (the only one so
-    far) gives :class:`TrackVectorEnv`."""
+    """The ``vector_entry_point`` of ``NCSSM-Track-v0``.
+
+    ``backend``: ``"cpu"`` gives :class:`TrackVectorEnv`; ``"mjx"`` gives
+    :class:`ncssm_env.mjx_env.MJXVectorEnv`; ``"auto"`` picks MJX when JAX's default device
+    is an accelerator and the CPU env otherwise (compiling the rodent under MJX on a CPU takes
+    many minutes and gigabytes)."""
     if backend not in BACKENDS:
         raise ValueError(f"Unknown backend {backend!r}; expected one of {list(BACKENDS)}.")
+    if backend == "auto":
+        import jax
+
+        backend = "cpu" if jax.default_backend() == "cpu" else "mjx"
+    if backend == "mjx":
+        from ncssm_env.mjx_env import MJXVectorEnv
+
+        kwargs.pop("n_threads", None)
+        return MJXVectorEnv(num_envs, **kwargs)
     return TrackVectorEnv(num_envs, **kwargs)

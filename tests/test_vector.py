@@ -117,3 +117,29 @@ def test_wrong_action_shape(test_clips):
     vec.reset(seed=0)
     with pytest.raises(ValueError, match=r"Actions have shape \(4,\); expected \(2, 4\)"):
         vec.step(np.zeros(4))
+
+
+def test_make_vec_mjx_backend_on_the_test_body(test_clips, jax_cache):
+    from ncssm_env.mjx_env import MJXVectorEnv
+
+    env = gym.make_vec("NCSSM-Track-v0", num_envs=3, body="test", clip_dir=test_clips,
+                       backend="mjx", task=QUIET)
+    assert isinstance(env, MJXVectorEnv)
+    assert env.metadata["autoreset_mode"] == gym.vector.AutoresetMode.SAME_STEP
+    obs, info = env.reset(seed=0)
+    assert isinstance(obs, np.ndarray) and obs.shape == (3,) + env.single_observation_space.shape
+    store = ClipStore(test_clips)
+    actions = np.stack([store.read(int(c), "ctrl")[t + 1] for c, t in zip(info["clip"], info["t"])])
+    obs, rew, term, trunc, info = env.step(actions)
+    assert obs.shape[0] == rew.shape[0] == 3 and not term.any()
+    assert isinstance(rew, np.ndarray) and np.isfinite(obs).all()
+    np.testing.assert_allclose(info["metrics"]["rew_joints"], 1.0, atol=1e-4)  # true controls
+
+
+def test_auto_backend_is_the_cpu_env_without_an_accelerator(test_clips):
+    import jax
+
+    env = gym.make_vec("NCSSM-Track-v0", num_envs=2, body="test", clip_dir=test_clips,
+                       backend="auto")
+    want = TrackVectorEnv if jax.default_backend() == "cpu" else object
+    assert isinstance(env, want)
