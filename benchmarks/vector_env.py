@@ -5,7 +5,11 @@ once), in this one process; each side is reset, warmed up for 10 steps, then tim
 ``--steps`` vector steps, ``--repeats`` times. Prints the median steps/s (N x vector steps /
 second) of each side and their ratio.
 
-    python benchmarks/vector_env.py --body rodent --num-envs 16
+``--mjx N``: also the MJX env (``MJXTrackEnv``, test body by default) as one jitted
+``lax.scan`` of ``--steps`` vmapped steps over N envs on JAX's default device: its compile
+time and control steps per second (no host round-trip inside the scan).
+
+    python benchmarks/vector_env.py --body rodent --num-envs 16 --mjx 256
 """
 
 from __future__ import annotations
@@ -43,6 +47,8 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=100)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--amp", type=float, default=0.2)
+    p.add_argument("--mjx", type=int, default=0, metavar="N", help="MJX envs (0: skip)")
+    p.add_argument("--mjx-body", default="test")
     args = p.parse_args()
 
     kw = dict(body=args.body)
@@ -60,6 +66,36 @@ def main() -> None:
     print(f"ratio                     {r_vec / r_sync:10.2f}x")
     vec.close()
     sync.close()
+    if args.mjx:
+        mjx_rate(args.mjx_body, args.mjx, args.steps, args.repeats, args.amp)
+
+
+def mjx_rate(body: str, n: int, steps: int, repeats: int, amp: float) -> None:
+    import jax
+
+    from ncssm_env.mjx_env import MJXTrackEnv
+
+    env = MJXTrackEnv(body=body)
+
+    @jax.jit
+    def run(keys, actions):
+        state = jax.vmap(env.reset)(keys)
+        step = jax.vmap(env.step)
+        return jax.lax.scan(lambda s, a: (step(s, a), None), state, actions)[0].reward
+
+    keys = jax.random.split(jax.random.PRNGKey(0), n)
+    actions = jax.random.uniform(jax.random.PRNGKey(1), (steps, n, env.action_size),
+                                 minval=-amp, maxval=amp)
+    t = time.perf_counter()
+    jax.block_until_ready(run.lower(keys, actions).compile()(keys, actions))
+    compile_s = time.perf_counter() - t
+    runs = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        jax.block_until_ready(run(keys, actions))
+        runs.append(n * steps / (time.perf_counter() - t))
+    print(f"MJX {body}, N {n} on {jax.devices()[0].platform}: compile {compile_s:.1f} s, "
+          f"{np.median(runs):.0f} control steps/s (median of {repeats}, reset included)")
 
 
 if __name__ == "__main__":
