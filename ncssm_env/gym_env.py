@@ -63,6 +63,19 @@ def finite_difference_qvel(model: mujoco.MjModel, qpos: np.ndarray, dt: float) -
     return qvel
 
 
+def start_state(model: mujoco.MjModel, data: mujoco.MjData, clip: Clip, t: int, rng,
+                reset_noise: float) -> None:
+    """Put ``data`` at frame ``t`` of ``clip``: its qpos (hinge angles jittered uniformly by
+    ``reset_noise`` from ``rng``), qvel, act and ctrl, then the kinematics."""
+    mujoco.mj_resetData(model, data)
+    data.qpos[:] = clip.qpos[t]
+    data.qpos[7:] += rng.uniform(-reset_noise, reset_noise, model.nq - 7)
+    data.qvel[:] = clip.qvel[t]
+    data.act[:] = clip.act[t]
+    data.ctrl[:] = clip.ctrl[t]
+    mujoco.mj_kinematics(model, data)
+
+
 class TrackEnv(gym.Env):
     """Track a reference clip with a MuJoCo body.
 
@@ -203,14 +216,7 @@ class TrackEnv(gym.Env):
         t = int(options["start"]) if "start" in options else int(rng.integers(0, T - 1))
         if not 0 <= t <= T - 2:
             raise ValueError(f"Reset option start={t} must be in [0, {T - 2}] for clip {i} of length {T}.")
-        d, m = self.data, self.model
-        mujoco.mj_resetData(m, d)
-        d.qpos[:] = clip.qpos[t]
-        d.qpos[7:] += rng.uniform(-self.cfg.reset_noise, self.cfg.reset_noise, m.nq - 7)
-        d.qvel[:] = clip.qvel[t]
-        d.act[:] = clip.act[t]
-        d.ctrl[:] = clip.ctrl[t]
-        mujoco.mj_kinematics(m, d)
+        start_state(self.model, self.data, clip, t, rng, self.cfg.reset_noise)
         self._clip, self._clip_id, self._t = clip, i, t
         self._prev_action = clip.ctrl[t].copy()
         return self._obs(self._kin()), {"clip": i, "t": t}

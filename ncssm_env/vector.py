@@ -25,7 +25,7 @@ from gymnasium.vector.utils import batch_space
 
 from ncssm_env import MAX_EPISODE_STEPS
 from ncssm_env import task as _task
-from ncssm_env.gym_env import TrackEnv
+from ncssm_env.gym_env import TrackEnv, start_state
 
 BACKENDS = ("cpu", "mjx", "auto")
 
@@ -169,7 +169,7 @@ class TrackVectorEnv(VectorEnv):
             list(self._pool.map(run, [envs[j::k] for j in range(k)]))
 
     def _reset_envs(self, envs: np.ndarray, clip: Any, start: Any) -> None:
-        rng, m = self.np_random, self.model
+        rng = self.np_random
         for k, i in enumerate(envs):
             if clip is None:
                 slot = int(rng.integers(len(self.clip_ids)))
@@ -186,14 +186,7 @@ class TrackVectorEnv(VectorEnv):
             if not 0 <= t <= T - 2:
                 raise ValueError(f"Reset option start={t} must be in [0, {T - 2}] for clip "
                                  f"{self.clip_ids[slot]} of length {T}.")
-            d = self.datas[i]
-            mujoco.mj_resetData(m, d)
-            d.qpos[:] = c.qpos[t]
-            d.qpos[7:] += rng.uniform(-self.cfg.reset_noise, self.cfg.reset_noise, m.nq - 7)
-            d.qvel[:] = c.qvel[t]
-            d.act[:] = c.act[t]
-            d.ctrl[:] = c.ctrl[t]
-            mujoco.mj_kinematics(m, d)
+            start_state(self.model, self.datas[i], c, t, rng, self.cfg.reset_noise)
             self.slot[i], self.t[i], self.steps[i] = slot, t, 0
             self.prev_action[i] = c.ctrl[t]
 
