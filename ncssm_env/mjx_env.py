@@ -76,17 +76,15 @@ class MJXTrackEnv(Env):
         return "mjx"
 
     def reset(self, rng: jax.Array) -> State:
-        data, info = self._start(rng)
+        return self.reset_to(rng)
+
+    def reset_to(self, rng: jax.Array, slot=None, t=None) -> State:
+        """:meth:`reset` at a given clip slot and frame (None: drawn from ``rng``)."""
+        data, info = self._start(rng, slot, t)
         zero = jnp.zeros(())
         metrics = {f"err_{k}": zero for k in _task.ERRORS} | \
             {f"rew_{k}": zero for k in (*_task.REWARD_TERMS, "ctrl_cost", "smooth_cost")}
         return State(data, self._obs(data, info), zero, zero, metrics, info)
-
-    def reset_to(self, rng: jax.Array, slot, t) -> State:
-        """:meth:`reset` at a given clip slot and frame (for parity checks and evaluation)."""
-        state = self.reset(rng)
-        data, info = self._start(rng, slot, t)
-        return state.replace(pipeline_state=data, obs=self._obs(data, info), info=info)
 
     def step(self, state: State, action: jax.Array) -> State:
         m, info = self.mjx_model, state.info

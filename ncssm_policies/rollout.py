@@ -67,8 +67,6 @@ def evaluate(ckpt_dir: str | Path, num_envs: int = 4, episodes: int = 8, backend
 
     if backend not in BACKENDS:
         raise ValueError(f"Unknown backend {backend!r}; expected one of {list(BACKENDS)}.")
-    if isinstance(num_envs, bool) or not isinstance(num_envs, int) or num_envs < 1:
-        raise ValueError(f"num_envs must be an int >= 1, got {num_envs!r}.")
     if isinstance(episodes, bool) or not isinstance(episodes, int) or episodes < 1:
         raise ValueError(f"episodes must be an int >= 1, got {episodes!r}.")
     pol = load_policy(ckpt_dir, which=which)

@@ -67,7 +67,7 @@ def build_model(cfg: TrainConfig, dims: dict):
             f"registers; known: {', '.join(reg.names())} (ncssm-train --list-policies).")
     try:
         return build_policy(reg.get(cfg.model_type), cfg.mmode, int(dims["x_tgt"]),
-                            int_dim=int(dims.get("int_dim") or 16),
+                            int_dim=int(dims.get("int_dim", 16)),
                             decoder_hidden=tuple(cfg.decoder_hidden), embed_dim=cfg.embed_dim,
                             **policy_hparams(cfg))
     except TypeError as err:  # a plugin's make() that does not take these hyper-parameters
@@ -108,7 +108,7 @@ def data_dims(cfg: TrainConfig, ds) -> dict:
         raise ConfigError(f"Config key 'out_dim' is {cfg.out_dim}, but the {cfg.mmode} target "
                           f"of {ds.root_dir} has width {dims['x_tgt']}.")
     if cfg.mmode == "state_intention_controller":
-        have = ds.store.dims.get("latent_mean", (None,))[0] if "latent_mean" in ds.store.keys else None
+        have = ds.store.dims["latent_mean"][0] if ds.store.has("latent_mean") else None
         dims["int_dim"] = int(cfg.int_dim or have or 16)
     if ds.n_syllables is not None:
         dims["n_syllables"] = int(ds.n_syllables)
