@@ -12,7 +12,9 @@ Contacts. ``contacts="body"`` (the default) lets every collision geom touch the 
 another geom of the body (contype 1, conaffinity 0; the floor has conaffinity 1): a fallen body
 lies on the floor, and ``mjx.put_model`` accepts it because no ellipsoid-box pair can collide.
 ``contacts="paws"`` keeps only the paw geoms, which is faster under MJX but lets a fallen body
-sink through the floor.
+sink through the floor. ``contacts="all"`` also lets the body's collision geoms touch each
+other (MuJoCo still skips parent-child pairs); MJX refuses it for the rodent, whose ellipsoids
+could then meet its boxes.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from typing import Callable
 import mujoco
 import numpy as np
 
-CONTACTS = ("body", "paws")
+CONTACTS = ("body", "paws", "all")
 PREFIX = "walker/"  # every name from the body's MJCF gets this prefix in the model
 
 
@@ -135,7 +137,7 @@ def build_model(
     for geom in spec.geoms:
         touches_floor = bdef.is_collision(geom) and keep(geom)
         geom.contype = 1 if touches_floor else 0
-        geom.conaffinity = 0
+        geom.conaffinity = 1 if touches_floor and contacts == "all" else 0
     root = spec.body(bdef.root)
     root.add_freejoint(name="root")
     arena.worldbody.add_frame().attach_body(root, PREFIX, "")

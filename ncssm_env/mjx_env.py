@@ -30,7 +30,9 @@ class MJXTrackEnv(Env):
 
     State ``info``: ``rng``, ``slot`` (index into the selected clips), ``t`` (frame),
     ``episode_steps``, ``prev_action`` (nu,) and ``truncation`` (1 when the episode ended at
-    its clip's end or ``max_episode_steps``). ``metrics``: each tracking error and reward term.
+    its clip's end or ``max_episode_steps``). ``metrics``: each tracking error (``err_*``) and
+    reward term (``rew_*``), and each termination cause as 0/1 (``term_*``; all 0 when the
+    episode went on or was truncated).
     """
 
     def __init__(self, body: str = "rodent", clip_dir=None, clips=None, K: int = 5, task=None,
@@ -83,7 +85,8 @@ class MJXTrackEnv(Env):
         data, info = self._start(rng, slot, t)
         zero = jnp.zeros(())
         metrics = {f"err_{k}": zero for k in _task.ERRORS} | \
-            {f"rew_{k}": zero for k in (*_task.REWARD_TERMS, "ctrl_cost", "smooth_cost")}
+            {f"rew_{k}": zero for k in (*_task.REWARD_TERMS, "ctrl_cost", "smooth_cost")} | \
+            {f"term_{k}": zero for k in _task.TERMINATIONS}
         return State(data, self._obs(data, info), zero, zero, metrics, info)
 
     def step(self, state: State, action: jax.Array) -> State:
@@ -104,7 +107,7 @@ class MJXTrackEnv(Env):
         err = _task.errors(jnp, cur, ref_t, self.idx.n_end_effectors)
         finite = finite_action & jnp.isfinite(data.qpos).all() & jnp.isfinite(data.qvel).all()
         rew, terms = _task.reward(jnp, self.cfg, err, action, info["prev_action"])
-        terminated, _ = _task.termination(jnp, self.cfg, err, cur, self.healthy_z, finite)
+        terminated, causes = _task.termination(jnp, self.cfg, err, cur, self.healthy_z, finite)
         truncated = (t >= self.lengths[info["slot"]] - 1) | (steps >= self.max_episode_steps)
         done = terminated | truncated
         rew = jnp.where(finite, rew, 0.0)
@@ -113,7 +116,9 @@ class MJXTrackEnv(Env):
                 "truncation": (truncated & ~terminated).astype(jnp.float32)}
         obs = jnp.where(finite, self._obs(data, info), 0.0)
         metrics = {**state.metrics, **{f"err_{k}": v for k, v in err.items()},
-                   **{f"rew_{k}": v for k, v in terms.items()}}  # (keeps wrappers' keys)
+                   **{f"rew_{k}": v for k, v in terms.items()},
+                   **{f"term_{k}": v.astype(jnp.float32) for k, v in causes.items()}}
+        # (the merge keeps wrappers' keys)
 
         # A finished episode restarts at once on a fresh clip and frame.
         rng, key = jax.random.split(info["rng"])
