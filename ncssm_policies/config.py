@@ -55,6 +55,10 @@ class TrainConfig:
     Logging: ``logger`` (``jsonl``, ``tensorboard`` or ``wandb``; JSONL is always written),
     ``project``, ``name``, ``tags``; ``runs_dir`` holds the run folders.
 
+    Closed-loop evaluation: a policy that acts (``state_action``, ``state_intention_controller``,
+    ``syllable_state_intention``) ends its run with ``eval_episodes`` episodes on ``eval_envs``
+    CPU envs of the held-out clips (``ncssm_policies.rollout.evaluate``; 0 skips it).
+
     ``test_batch`` trains on the first ``seg_len`` frames of clip ``clip_idx`` only. ``seed``
     drives the split, the batches, the init and dropout.
     """
@@ -109,6 +113,9 @@ class TrainConfig:
     name: str = "quickstart"
     tags: list[str] = field(default_factory=list)
     runs_dir: str = "runs"
+    # closed-loop evaluation at the end of training (control modes; 0 episodes: none)
+    eval_episodes: int = 16
+    eval_envs: int = 8
     # debugging and seed
     test_batch: bool = False
     clip_idx: int = 0
@@ -207,7 +214,9 @@ def _check_values(cfg: TrainConfig) -> None:
 
     positive("n_layers", "d_model", "ssm_size", "blocks", "d_state", "expand", "embed_dim",
              "epochs", "iters_per_epoch", "val_steps", "batch_size", "seg_len", "keep_ckpts",
-             "ckpt_freq")
+             "ckpt_freq", "eval_envs")
+    if cfg.eval_episodes < 0:
+        raise ConfigError(f"Config key 'eval_episodes' must be >= 0, got {cfg.eval_episodes!r}.")
     for k in ("learning_rate", "ssm_lr", "weight_decay", "grad_clip", "dropout", "noise_std",
               "warmup"):
         if getattr(cfg, k) < 0:
@@ -238,24 +247,26 @@ def _check_values(cfg: TrainConfig) -> None:
 # ----------------------------------------------------------------------------------------------
 
 
-def _unknown_key(key: str, where: str) -> ConfigError:
-    close = difflib.get_close_matches(key, FIELDS, n=1, cutoff=0.6)
-    hint = f"; did you mean {close[0]!r}?" if close else f"; known keys: {', '.join(FIELDS)}."
+def _unknown_key(key: str, where: str, fields=FIELDS) -> ConfigError:
+    close = difflib.get_close_matches(key, fields, n=1, cutoff=0.6)
+    hint = f"; did you mean {close[0]!r}?" if close else f"; known keys: {', '.join(fields)}."
     return ConfigError(f"{where}: unknown key {key!r}{hint}")
 
 
-def from_dict(values: dict, where: str = "the config") -> TrainConfig:
-    """A checked TrainConfig from a mapping (missing keys take their defaults)."""
+def from_dict(values: dict, where: str = "the config", cls=TrainConfig):
+    """A checked ``cls`` (a config dataclass; TrainConfig by default) from a mapping; missing
+    keys take their defaults."""
     if not isinstance(values, dict):
         raise ConfigError(f"{where} must be a mapping of keys to values, got "
                           f"{type(values).__name__}.")
-    hints = typing.get_type_hints(TrainConfig)
+    hints = typing.get_type_hints(cls)
+    fields = [f.name for f in dataclasses.fields(cls)]
     kwargs = {}
     for key, value in values.items():
-        if key not in FIELDS:
-            raise _unknown_key(str(key), where)
+        if key not in fields:
+            raise _unknown_key(str(key), where, fields)
         kwargs[key] = _coerce(key, value, hints[key], where)
-    return TrainConfig(**kwargs)
+    return cls(**kwargs)
 
 
 def read_yaml(path: str | Path) -> dict:
@@ -299,15 +310,17 @@ def parse_overrides(overrides) -> dict:
     return values
 
 
-def load_config(path: str | Path | None = None, overrides=()) -> TrainConfig:
-    """The config in ``path`` (None: the quickstart defaults) with ``overrides`` applied."""
+def load_config(path: str | Path | None = None, overrides=(), cls=TrainConfig):
+    """The ``cls`` config in ``path`` (None: the defaults, for TrainConfig the quickstart) with
+    ``overrides`` applied."""
     values = read_yaml(path) if path is not None else {}
     where = f"Config {path}" if path is not None else "The config"
     extra = parse_overrides(overrides)
+    fields = [f.name for f in dataclasses.fields(cls)]
     for key in extra:
-        if key not in FIELDS:
-            raise _unknown_key(key, "Override")
-    return from_dict({**values, **extra}, where=where)
+        if key not in fields:
+            raise _unknown_key(key, "Override", fields)
+    return from_dict({**values, **extra}, where=where, cls=cls)
 
 
 def model_mismatch(saved: dict, current: dict) -> list[str]:
