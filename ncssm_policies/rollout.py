@@ -1,153 +1,508 @@
-"""Closed-loop evaluation of a trained policy in the body, on the CPU vector env.
+"""Evaluating a trained checkpoint: closed loop in the body, or open loop on clips.
 
-``evaluate`` runs the policy's one-step form, one batched jitted call per control step, with
-each env's recurrent carry reset when its episode starts. How a mode drives the body:
+:func:`evaluate` runs the policy's one-step form in the loop, with each env's recurrent carry
+reset when its episode starts. How a mode drives the body:
 
 - ``state_action``: qpos_local (from the observation) -> action;
 - ``state_intention_controller``: (qpos_local, observation) -> intention -> decoded action;
 - ``syllable_state_intention``: (the reference clip's syllable at the frame, qpos_local) ->
   action.
 
-The other modes (``state_intention``, ``pure_state``, ``pure_intention``) predict rather than
-act; they are not evaluated here.
+Backends. ``"cpu"``: the threaded CPU vector env, one batched jitted policy step per control
+step. ``"mjx"``: the MJX env and the policy in one jitted ``lax.scan`` over chunks of control
+steps, with no host round-trip inside a chunk; the host only splits the finished chunk into
+episodes. ``"auto"``: MJX when JAX's default device is an accelerator.
+
+Episodes. Env ``i`` of ``N`` runs ``episodes // N`` episodes (one more for the first
+``episodes % N`` envs), each on a clip and start frame drawn from ``seed``, and ends at a
+termination, the clip's end or ``max_steps``. Counting each env's first episodes, rather than
+the first episodes to finish anywhere, keeps short (failed) episodes from being over-counted.
+
+The modes that predict rather than act (``pure_state``, ``pure_intention``,
+``state_intention``) are scored open loop by :func:`ncssm_policies.openloop.score_open_loop`.
+
+``ncssm-rollout --config configs/rollout.yaml`` runs :func:`evaluate`, prints the metrics
+table, and writes ``summary.json``, ``rollouts.h5`` (per-step reference and achieved qpos,
+ctrl, reward and metrics of every episode) and ``episode.mp4`` to its output folder.
 """
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
+import json
+import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 CONTROL_MODES = ("state_action", "state_intention_controller", "syllable_state_intention")
-BACKENDS = ("cpu",)
+BACKENDS = ("cpu", "mjx", "auto")
+MJX_CHUNK = 200  # control steps per jitted MJX scan
 
 
 @dataclass
 class EvalResult:
-    """Per-episode arrays (E,) and their summaries.
+    """Per-episode (or, open loop, per-window) arrays (E,) and their summaries.
 
-    ``episodes`` holds ``clip``, ``start``, ``length`` (control steps before the episode
-    ended), ``fraction`` (of the frames the clip had left after ``start``), ``cause`` (the
-    termination cause, or ``"end"``), and the per-step mean of each tracking error
-    (``err_*``) and reward term (``rew_*``). ``summary`` has their mean and median over
-    episodes, and the count of each cause.
+    Closed loop, ``episodes`` holds ``clip``, ``start``, ``length`` (control steps before the
+    episode ended), ``fraction`` (of the frames the clip had left after ``start``), ``cause``
+    (the termination cause, or ``"end"``), ``return`` (summed reward), and the per-step mean of
+    each tracking error (``err_*``) and reward term (``rew_*``). ``summary`` has their mean and
+    median over episodes, and the count of each cause. ``rollouts`` (when recorded) holds one
+    dict per episode: ``qpos`` and ``ref_qpos`` (T, nq), the state before each action and the
+    reference at the same frame; ``ctrl`` (T, nu), the action; ``reward`` and each ``err_*``
+    and ``rew_*`` (T,); and the episode's scalars.
     """
 
     episodes: dict
     summary: dict = field(default_factory=dict)
+    rollouts: list | None = None
 
 
-def _policy_inputs(mode: str, obs: np.ndarray, layout: dict, syllables: np.ndarray | None,
-                   n_syllables: int | None):
+# ----------------------------------------------------------------------------------------------
+# Episodes from per-step records
+# ----------------------------------------------------------------------------------------------
+
+
+class _Episodes:
+    """Splits per-step records of N envs into episodes, keeping env ``i``'s first ``quota[i]``.
+
+    ``add(steps, live)`` takes a dict of (L, N) arrays (``done``, ``slot``, ``t``, ``cause``,
+    ``reward``, ``err_*``, ``rew_*``, and when recording ``qpos``, ``ref_qpos``, ``ctrl``)
+    and an optional (L, N) mask of the rows that belong to episodes.
+    """
+
+    SCALARS = ("done", "slot", "t", "cause")
+
+    def __init__(self, quota: np.ndarray, clip_ids, lengths, causes, record: bool, bar=None):
+        self.quota, self.clip_ids, self.lengths = quota, np.asarray(clip_ids), np.asarray(lengths)
+        self.causes, self.record, self.bar = causes, record, bar
+        self.count = np.zeros(len(quota), np.int64)
+        self.parts: list[list[dict]] = [[] for _ in quota]
+        self.records: list[dict] = []
+        self.rollouts: list[dict] = []
+
+    @property
+    def full(self) -> bool:
+        return bool((self.count >= self.quota).all())
+
+    def add(self, steps: dict, live: np.ndarray | None = None) -> None:
+        L, N = steps["done"].shape
+        for i in range(N):
+            if self.count[i] >= self.quota[i]:
+                continue
+            rows = np.arange(L) if live is None else np.flatnonzero(live[:, i])
+            seq = {k: np.asarray(v)[rows, i] for k, v in steps.items()}
+            first = 0
+            for end in np.flatnonzero(seq["done"]):
+                self.parts[i].append({k: v[first:end + 1] for k, v in seq.items()})
+                first = end + 1
+                ep = {k: np.concatenate([p[k] for p in self.parts[i]]) for k in seq}
+                self.parts[i] = []
+                if self.count[i] < self.quota[i]:
+                    self._finish(ep)
+                    self.count[i] += 1
+            if first < len(rows):
+                self.parts[i].append({k: v[first:] for k, v in seq.items()})
+
+    def _finish(self, ep: dict) -> None:
+        slot, start, T = int(ep["slot"][0]), int(ep["t"][0]), len(ep["done"])
+        code = int(ep["cause"][-1])
+        rec = {"clip": int(self.clip_ids[slot]), "start": start, "length": T,
+               "fraction": float(T / max(int(self.lengths[slot]) - 1 - start, 1)),
+               "cause": self.causes[code - 1] if code else "end",
+               "return": float(np.sum(ep["reward"]))}
+        metrics = [k for k in ep if k.startswith(("err_", "rew_"))]
+        rec.update({k: float(np.mean(ep[k])) for k in metrics})
+        self.records.append(rec)
+        if self.record:
+            self.rollouts.append({**{k: ep[k] for k in ("qpos", "ref_qpos", "ctrl", "reward",
+                                                         *metrics)},
+                                  **{k: rec[k] for k in ("clip", "start", "length", "fraction",
+                                                         "cause")}})
+        if self.bar is not None:
+            self.bar.update(1)
+
+    def result(self) -> EvalResult:
+        eps = {k: np.array([r[k] for r in self.records]) for k in self.records[0]}
+        numeric = [k for k in eps if k not in ("clip", "start", "cause")]
+        summary = {k: {"mean": float(np.mean(eps[k])), "median": float(np.median(eps[k]))}
+                   for k in numeric}
+        causes, counts = np.unique(eps["cause"], return_counts=True)
+        summary["causes"] = dict(zip(causes.tolist(), counts.tolist()))
+        summary["episodes"] = len(self.records)
+        return EvalResult(eps, summary, self.rollouts if self.record else None)
+
+
+def _cause_codes(flags: dict, names) -> np.ndarray:
+    """(N,) int: 1 + the index in ``names`` of the first cause set, or 0 for none."""
+    code = np.zeros(np.shape(flags[names[0]]), np.int64)
+    for k, name in enumerate(names):
+        code = np.where((code == 0) & (np.asarray(flags[name]) > 0), k + 1, code)
+    return code
+
+
+# ----------------------------------------------------------------------------------------------
+# Evaluation
+# ----------------------------------------------------------------------------------------------
+
+
+def _act_fn(pol, mode: str, layout: dict, lo, hi):
+    """``act(carry, fresh (N,), obs (N, D_obs), syllable (N,)) -> (carry, action (N, nu))``:
+    the carry restarts from zeros where ``fresh``; actions are clipped to the control range."""
+    import jax
+    import jax.numpy as jnp
+
+    model, params, norm = pol.model, pol.params, pol.normalizer
     a, b = layout["qpos_local"]
-    qpos = obs[:, a:b]
-    if mode == "state_action":
-        return qpos
-    if mode == "state_intention_controller":
-        return (qpos, obs)
-    one_hot = np.eye(n_syllables, dtype=np.float32)[np.clip(syllables, 0, n_syllables - 1)]
-    return (one_hot, qpos)
+    n_syl = pol.dims.get("n_syllables")
+
+    def act(carry, fresh, obs, syllable):
+        zeros = model.initialize_carry(obs.shape[0])
+        carry = jax.tree.map(
+            lambda c, z: jnp.where(fresh.reshape((-1,) + (1,) * (c.ndim - 1)), z, c), carry, zeros)
+        qpos = obs[:, a:b]
+        if mode == "state_action":
+            x = qpos
+        elif mode == "state_intention_controller":
+            x = (qpos, obs)
+        else:
+            x = (jax.nn.one_hot(jnp.clip(syllable, 0, n_syl - 1), n_syl), qpos)
+        if norm is not None:
+            x = norm.normalize(x)
+        carry, y = model.apply({"params": params}, carry, x, method="step")
+        if norm is not None:
+            y = norm.denormalize_tgt(y)
+        return carry, jnp.clip(y, lo, hi)
+
+    return act
+
+
+def _check_fits(pol, mode: str, layout: dict, obs_size: int, nu: int, body: str, where) -> None:
+    q = layout["qpos_local"][1] - layout["qpos_local"][0]
+    have = {"state_action": [q], "state_intention_controller": [q, obs_size],
+            "syllable_state_intention": [pol.dims.get("n_syllables"), q]}[mode]
+    if list(pol.dims["x_in"]) != have or pol.dims["x_tgt"] != nu:
+        raise ValueError(
+            f"The policy in {where} takes inputs {list(pol.dims['x_in'])} and gives "
+            f"{pol.dims['x_tgt']} actions, but body {body!r} gives inputs {have} and takes {nu} "
+            f"actions.")
+
+
+def _syllable_table(store, clip_ids, lengths) -> np.ndarray:
+    """(n_clips, T_max) int32: each selected clip's syllables, edge-padded."""
+    T = int(np.max(lengths))
+    rows = []
+    for cid in clip_ids:
+        s = np.asarray(store.read(int(cid), "syllables")).astype(np.int32).reshape(-1)
+        rows.append(np.concatenate([s, np.repeat(s[-1:], T - len(s))]))
+    return np.stack(rows)
 
 
 def evaluate(ckpt_dir: str | Path, num_envs: int = 4, episodes: int = 8, backend: str = "cpu",
              clips=None, clip_dir=None, body: str | None = None, seed: int = 0,
-             max_steps: int | None = None, which: str = "best") -> EvalResult:
-    """Run ``episodes`` closed-loop episodes of the policy in ``ckpt_dir`` on ``num_envs`` envs.
+             max_steps: int | None = None, which: str = "best", record: bool = False,
+             progress: bool = False, context: int = 50, horizon: int = 50) -> EvalResult:
+    """Evaluate the policy in ``ckpt_dir`` (a run folder or its checkpoints, or a
+    :class:`~ncssm_policies.checkpoint.LoadedPolicy`).
 
-    ``clip_dir`` (None: the clips the policy trained on) and ``clips`` (indices; None: all)
-    pick the reference clips; ``body`` defaults to the clips' body. Episodes start at a random
-    clip and frame (from ``seed``) and run until termination, the clip's end or ``max_steps``.
+    Closed loop (the control modes): ``episodes`` episodes on ``num_envs`` envs of ``backend``;
+    ``record`` keeps every episode's per-step arrays in ``EvalResult.rollouts``. Open loop
+    (the other modes): ``episodes`` windows of ``context`` true frames then ``horizon``
+    predicted ones (see :func:`ncssm_policies.openloop.score_open_loop`).
+
+    ``clip_dir`` (None: the clips the policy trained on) and ``clips`` (indices) pick the
+    reference clips; with neither given, the training run's held-out (val) clips. ``body``
+    defaults to the clips' body.
     """
-    import jax
-
     from ncssm_data import ClipStore
-    from ncssm_env.vector import TrackVectorEnv
-    from ncssm_policies.checkpoint import load_policy
+    from ncssm_policies.checkpoint import LoadedPolicy, load_policy
+    from ncssm_policies.openloop import held_out_clips
 
     if backend not in BACKENDS:
         raise ValueError(f"Unknown backend {backend!r}; expected one of {list(BACKENDS)}.")
-    if isinstance(episodes, bool) or not isinstance(episodes, int) or episodes < 1:
-        raise ValueError(f"episodes must be an int >= 1, got {episodes!r}.")
-    pol = load_policy(ckpt_dir, which=which)
+    for name, v in (("num_envs", num_envs), ("episodes", episodes)):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+            raise ValueError(f"{name} must be an int >= 1, got {v!r}.")
+    pol = ckpt_dir if isinstance(ckpt_dir, LoadedPolicy) else load_policy(ckpt_dir, which=which)
+    ckpt_dir = pol.path if isinstance(ckpt_dir, LoadedPolicy) else ckpt_dir
     mode = pol.config.mmode
-    if mode not in CONTROL_MODES:
-        raise ValueError(f"The policy in {ckpt_dir} is a {mode!r} model, which predicts rather "
-                         f"than acts; closed-loop evaluation needs one of {list(CONTROL_MODES)}.")
     if clip_dir is None:
         from ncssm_policies.train import resolve_root
 
         clip_dir = resolve_root(pol.config)
+        if clips is None:
+            clips = held_out_clips(pol).tolist()
+    if mode not in CONTROL_MODES:
+        from ncssm_policies.openloop import score_open_loop
+
+        return score_open_loop(pol, clip_dir=clip_dir, clips=clips, context=context,
+                               horizon=horizon, windows=episodes, seed=seed)
     store = ClipStore(clip_dir)
     body = body or store.body or "rodent"
+    if store.body is not None and store.body != body:
+        raise ValueError(f"The clips in {clip_dir} are for body {store.body!r}, not {body!r}.")
+    if backend == "auto":
+        import jax
+
+        backend = "cpu" if jax.default_backend() == "cpu" else "mjx"
+    quota = np.full(num_envs, episodes // num_envs) + (np.arange(num_envs) < episodes % num_envs)
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=episodes, desc=f"{backend} episodes", unit="ep")
+    try:
+        run = _run_cpu if backend == "cpu" else _run_mjx
+        res = run(pol, mode, ckpt_dir, store, body, clip_dir, clips, num_envs, quota, seed,
+                  max_steps, record, bar)
+    finally:
+        if bar is not None:
+            bar.close()
+    res.summary.update(mode=mode, body=body, backend=backend, checkpoint=str(pol.path))
+    return res
+
+
+def _run_cpu(pol, mode, where, store, body, clip_dir, clips, num_envs, quota, seed, max_steps,
+             record, bar) -> EvalResult:
+    import jax
+
+    from ncssm_env import task as _task
+    from ncssm_env.vector import TrackVectorEnv
+
     env = TrackVectorEnv(num_envs, body=body, clip_dir=clip_dir, clips=clips,
                          max_episode_steps=max_steps)
-    nu, layout = env.model.nu, env.obs_layout
-    want_in = pol.dims["x_in"]
-    q = layout["qpos_local"][1] - layout["qpos_local"][0]
-    have_in = {"state_action": [q], "state_intention_controller": [q, env.single_observation_space.shape[0]],
-               "syllable_state_intention": [pol.dims.get("n_syllables"), q]}[mode]
-    if list(want_in) != have_in or pol.dims["x_tgt"] != nu:
-        raise ValueError(
-            f"The policy in {ckpt_dir} takes inputs {list(want_in)} and gives {pol.dims['x_tgt']} "
-            f"actions, but body {body!r} gives inputs {have_in} and takes {nu} actions.")
-    syllables = [store.read(int(i), "syllables") for i in range(len(store))] \
-        if mode == "syllable_state_intention" else None
+    try:
+        nu, layout = env.model.nu, env.obs_layout
+        _check_fits(pol, mode, layout, env.single_observation_space.shape[0], nu, body, where)
+        syl = _syllable_table(store, env.clip_ids, env.lengths) \
+            if mode == "syllable_state_intention" else np.zeros((len(env.clip_ids), 1), np.int32)
+        act = jax.jit(_act_fn(pol, mode, layout, env.single_action_space.low,
+                              env.single_action_space.high))
+        eps = _Episodes(quota, env.clip_ids, env.lengths, _task.TERMINATIONS, record, bar)
+        carry = pol.model.initialize_carry(num_envs)
+        obs, _ = env.reset(seed=seed)
+        fresh = np.ones(num_envs, bool)  # envs whose obs is the first of an episode
+        resetting = np.zeros(num_envs, bool)  # envs that the next step restarts (NEXT_STEP)
+        ref_qpos = [c.qpos for c in env._clips]
+        while not eps.full:
+            slot, t = env.slot.copy(), env.t.copy()
+            carry, action = act(carry, fresh, obs, syl[slot, np.minimum(t, syl.shape[1] - 1)])
+            action = np.asarray(action)
+            step = {"slot": slot, "t": t}
+            if record:
+                step.update(qpos=np.stack([d.qpos.copy() for d in env.datas]), ctrl=action,
+                            ref_qpos=np.stack([ref_qpos[s][k] for s, k in zip(slot, t)]))
+            obs, rew, term, trunc, info = env.step(action)
+            live = ~resetting
+            done = (term | trunc) & live
+            step.update(done=done, reward=rew, cause=_cause_codes(info["termination"],
+                                                                  _task.TERMINATIONS),
+                        **{f"err_{k}": v for k, v in info["errors"].items()},
+                        **{f"rew_{k}": v for k, v in info["reward_terms"].items()})
+            eps.add({k: np.asarray(v)[None] for k, v in step.items()}, live[None])
+            fresh, resetting = resetting, done
+        return eps.result()
+    finally:
+        env.close()
 
-    model, params, norm = pol.model, pol.params, pol.normalizer
+
+def _run_mjx(pol, mode, where, store, body, clip_dir, clips, num_envs, quota, seed, max_steps,
+             record, bar) -> EvalResult:
+    import jax
+    import jax.numpy as jnp
+
+    from ncssm_env import task as _task
+    from ncssm_env.mjx_env import MJXTrackEnv
+
+    env = MJXTrackEnv(body=body, clip_dir=clip_dir, clips=clips,
+                      max_episode_steps=max_steps or 2**30)
+    lo, hi = env.mj_model.actuator_ctrlrange.T.astype(np.float32)
+    _check_fits(pol, mode, env.obs_layout, env.observation_size, env.action_size, body, where)
+    lengths = np.asarray(env.lengths)
+    syl = jnp.asarray(_syllable_table(store, env.clip_ids, lengths)
+                      if mode == "syllable_state_intention" else np.zeros((len(lengths), 1), np.int32))
+    act = _act_fn(pol, mode, env.obs_layout, lo, hi)
+    step = jax.vmap(env.step)
+    names = _task.TERMINATIONS
 
     @jax.jit
-    def act(carry, x_t):
-        if norm is not None:
-            x_t = norm.normalize(x_t)
-        carry, y = model.apply({"params": params}, carry, x_t, method="step")
-        return carry, (norm.denormalize_tgt(y) if norm is not None else y)
+    def chunk(state, carry, fresh):
+        def body_fn(c, _):
+            state, carry, fresh = c
+            slot, t = state.info["slot"], state.info["t"]
+            carry, a = act(carry, fresh, state.obs, syl[slot, jnp.minimum(t, syl.shape[1] - 1)])
+            nxt = step(state, a)
+            done = nxt.done > 0
+            code = jnp.zeros(done.shape, jnp.int32)
+            for k, name in reversed(list(enumerate(names))):  # the first cause set wins
+                code = jnp.where(nxt.metrics[f"term_{name}"] > 0, k + 1, code)
+            out = {"done": done, "slot": slot, "t": t, "reward": nxt.reward,
+                   "cause": jnp.where(done, code, 0),
+                   **{k: v for k, v in nxt.metrics.items() if k.startswith(("err_", "rew_"))}}
+            if record:
+                out.update(qpos=state.pipeline_state.qpos, ref_qpos=env.qpos[slot, t], ctrl=a)
+            return (nxt, carry, done), out
 
-    zeros = model.initialize_carry(num_envs)
-    carry = zeros
-    obs, info = env.reset(seed=seed)
-    start, steps = info["t"].copy(), np.zeros(num_envs, np.int64)
-    sums: dict[str, np.ndarray] = {}
-    records: list[dict] = []
-    fresh = np.ones(num_envs, bool)  # envs whose obs is the first of an episode
-    resetting = np.zeros(num_envs, bool)  # envs that the next step restarts (NEXT_STEP)
-    lo, hi = env.single_action_space.low, env.single_action_space.high
-    while len(records) < episodes:
-        if fresh.any():  # a new episode: its carry starts from zeros
-            keep = ~fresh
-            carry = jax.tree.map(lambda c, z: np.where(
-                keep.reshape((-1,) + (1,) * (np.ndim(c) - 1)), c, z), carry, zeros)
-        syl = None if syllables is None else np.array(
-            [syllables[c][t] for c, t in zip(info["clip"], info["t"])])
-        x_t = _policy_inputs(mode, obs, layout, syl, pol.dims.get("n_syllables"))
-        carry, action = act(carry, x_t)  # (the restarting envs' actions are ignored)
-        action = np.clip(np.asarray(action), lo, hi)
-        clip_ids = info["clip"].copy()
-        obs, rew, term, trunc, info = env.step(action)
-        live = ~resetting
-        steps[live] += 1
-        terms = {**{f"err_{k}": v for k, v in info["errors"].items()},
-                 **{f"rew_{k}": v for k, v in info["reward_terms"].items()}}
-        for k, v in terms.items():
-            sums.setdefault(k, np.zeros(num_envs))[live] += np.asarray(v)[live]
-        done = (term | trunc) & live
-        for i in np.flatnonzero(done)[: episodes - len(records)]:
-            T = int(env.lengths[env.slot[i]])
-            cause = next((k for k, v in info["termination"].items() if v[i]), "end")
-            records.append({"clip": int(clip_ids[i]), "start": int(start[i]),
-                            "length": int(steps[i]),
-                            "fraction": float(steps[i] / max(T - 1 - start[i], 1)),
-                            "cause": cause, **{k: float(v[i] / steps[i]) for k, v in sums.items()}})
-        fresh = resetting
-        start[fresh], steps[fresh] = info["t"][fresh], 0
-        for v in sums.values():
-            v[fresh] = 0.0
-        resetting = done
-    env.close()
-    eps = {k: np.array([r[k] for r in records]) for k in records[0]}
-    numeric = [k for k in eps if k not in ("clip", "start", "cause")]
-    summary = {k: {"mean": float(np.mean(eps[k])), "median": float(np.median(eps[k]))}
-               for k in numeric}
-    causes, counts = np.unique(eps["cause"], return_counts=True)
-    summary["causes"] = dict(zip(causes.tolist(), counts.tolist()))
-    return EvalResult(eps, summary)
+        return jax.lax.scan(body_fn, (state, carry, fresh), None, length=MJX_CHUNK)
+
+    eps = _Episodes(quota, env.clip_ids, lengths, names, record, bar)
+    state = jax.jit(jax.vmap(env.reset))(jax.random.split(jax.random.PRNGKey(seed), num_envs))
+    c = (state, pol.model.initialize_carry(num_envs), jnp.ones(num_envs, bool))
+    while not eps.full:
+        c, out = chunk(*c)
+        eps.add(jax.device_get(out))
+    return eps.result()
+
+
+# ----------------------------------------------------------------------------------------------
+# Report and CLI
+# ----------------------------------------------------------------------------------------------
+
+
+def metrics_table(result: EvalResult) -> str:
+    """The summary as an aligned text table: one row per metric (mean, median), then causes."""
+    s = result.summary
+    rows = [(k, v["mean"], v["median"]) for k, v in s.items() if isinstance(v, dict)
+            and "mean" in v]
+    width = max([len(k) for k, *_ in rows] + [6])
+    lines = [f"{'metric':<{width}}  {'mean':>10}  {'median':>10}"]
+    lines += [f"{k:<{width}}  {m:>10.4g}  {d:>10.4g}" for k, m, d in rows]
+    if "causes" in s:
+        n = sum(s["causes"].values())
+        lines.append("episode ends: " + ", ".join(
+            f"{k} {v} ({100 * v / n:.0f}%)" for k, v in sorted(s["causes"].items())))
+    return "\n".join(lines)
+
+
+@dataclass
+class RolloutConfig:
+    """``ncssm-rollout``'s config (``configs/rollout.yaml``).
+
+    The defaults are ``configs/rollout.yaml``'s. ``checkpoint``: a run folder or its
+    checkpoints (a glob picks the newest match: by default the newest quickstart run);
+    ``which``: ``best`` or ``latest``. ``clip_dir`` (None: the clips it trained on) and ``clips`` (None: the held-out
+    clips, or all of ``clip_dir``) pick the references. ``num_envs``, ``episodes``, ``backend``
+    (``cpu``, ``mjx``, ``auto``), ``max_steps`` and ``seed`` are :func:`evaluate`'s.
+    ``out_dir`` (None: ``<run folder>/rollout``) receives ``summary.json``, ``rollouts.h5``
+    (``save_rollouts``) and ``episode.mp4`` (``video``: episode ``video_episode``, reference
+    left, policy right, each ``width`` x ``height``). ``context`` and ``horizon``: the open-loop
+    windows of models that predict rather than act.
+    """
+
+    checkpoint: str | None = "runs/quickstart-*"
+    which: str = "best"
+    clip_dir: str | None = None
+    clips: list[int] | None = None
+    num_envs: int = 8
+    episodes: int = 16
+    backend: str = "cpu"
+    max_steps: int | None = None
+    seed: int = 0
+    out_dir: str | None = None
+    save_rollouts: bool = True
+    video: bool = True
+    video_episode: int = 0
+    width: int = 320
+    height: int = 240
+    context: int = 50
+    horizon: int = 50
+
+    def __post_init__(self):
+        from ncssm_policies.config import ConfigError
+
+        if not self.checkpoint:
+            raise ConfigError("Config key 'checkpoint' is required: a run folder or its "
+                              "checkpoints folder.")
+        if self.which not in ("best", "latest"):
+            raise ConfigError(f"Config key 'which' must be 'best' or 'latest', got {self.which!r}.")
+        for k in ("width", "height"):
+            if getattr(self, k) < 16 or getattr(self, k) % 2:
+                raise ConfigError(f"Config key {k!r} must be an even number >= 16, got "
+                                  f"{getattr(self, k)!r}.")
+
+
+def _run_folder(checkpoint: Path) -> Path:
+    return checkpoint.parent if checkpoint.name == "checkpoints" else checkpoint
+
+
+def resolve_checkpoint(pattern: str) -> Path:
+    """``pattern`` as a path; a glob (``runs/quickstart-*``) gives its newest matching folder."""
+    import glob
+
+    if not glob.has_magic(pattern):
+        return Path(pattern)
+    hits = [Path(p) for p in glob.glob(pattern) if Path(p).is_dir()]
+    if not hits:
+        from ncssm_policies.checkpoint import CheckpointError
+
+        raise CheckpointError(f"No folder matches checkpoint {pattern!r}; train one first "
+                              f"(ncssm-train) or give a run folder.")
+    return max(hits, key=lambda p: (p.stat().st_mtime, p.name))
+
+
+def rollout(cfg: RolloutConfig, progress: bool = True) -> tuple[EvalResult, dict]:
+    """Run ``cfg``: evaluate, then write the summary, the rollouts and the video. Returns the
+    result and the paths written."""
+    ckpt = resolve_checkpoint(cfg.checkpoint)
+    res = evaluate(ckpt, num_envs=cfg.num_envs, episodes=cfg.episodes, backend=cfg.backend,
+                   clips=cfg.clips, clip_dir=cfg.clip_dir, seed=cfg.seed,
+                   max_steps=cfg.max_steps, which=cfg.which, record=cfg.save_rollouts or cfg.video,
+                   progress=progress, context=cfg.context, horizon=cfg.horizon)
+    out = Path(cfg.out_dir) if cfg.out_dir else _run_folder(ckpt) / "rollout"
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"summary": out / "summary.json"}
+    meta = {"checkpoint": str(ckpt), "config": dataclasses.asdict(cfg), "summary": res.summary}
+    if res.rollouts:
+        from ncssm_policies.rollout_io import render_episode, save_rollouts
+
+        if cfg.save_rollouts:
+            paths["rollouts"] = save_rollouts(out / "rollouts.h5", res.rollouts, meta)
+        if cfg.video:
+            ep = res.rollouts[min(cfg.video_episode, len(res.rollouts) - 1)]
+            paths["video"] = render_episode(out / "episode.mp4", res.summary["body"], ep["qpos"],
+                                            ep["ref_qpos"], width=cfg.width, height=cfg.height)
+    episodes = {k: np.asarray(v).tolist() for k, v in res.episodes.items()
+                if np.ndim(v) == 1}  # (not the open-loop predictions)
+    tmp = paths["summary"].with_suffix(".json.tmp")
+    tmp.write_text(json.dumps({**meta, "episodes": episodes}, indent=2))
+    tmp.replace(paths["summary"])
+    return res, {k: str(v) for k, v in paths.items()}
+
+
+def main(argv=None) -> int:
+    from ncssm_policies.config import ConfigError, load_config
+    from ncssm_policies.checkpoint import CheckpointError
+
+    p = argparse.ArgumentParser(
+        prog="ncssm-rollout",
+        description="Evaluate a trained checkpoint closed loop in the body (or, for models that "
+                    "predict rather than act, open loop on clips).")
+    p.add_argument("--config", help="a YAML config (default: configs/rollout.yaml's values, "
+                                    "which evaluate the newest quickstart run)")
+    p.add_argument("--override", nargs="+", default=[], metavar="KEY=VALUE",
+                   help="config values, each read as a YAML scalar")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    args = p.parse_args(argv)
+    try:
+        cfg = load_config(args.config, args.override, cls=RolloutConfig)
+        t0 = time.perf_counter()
+        res, paths = rollout(cfg, progress=not args.no_progress)
+    except (ConfigError, CheckpointError, ValueError, OSError) as err:
+        print(f"ncssm-rollout: error: {err}", file=sys.stderr)
+        return 2
+    n = res.summary.get("episodes", res.summary.get("windows"))
+    print(f"ncssm-rollout: {res.summary.get('checkpoint', cfg.checkpoint)} ({cfg.which}), {n} "
+          f"{'episodes' if 'episodes' in res.summary else 'windows'} on {cfg.backend} in "
+          f"{time.perf_counter() - t0:.0f} s")
+    print(metrics_table(res))
+    for k, v in paths.items():
+        print(f"  {k}: {v}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

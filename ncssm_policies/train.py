@@ -267,6 +267,7 @@ class RunResult:
     val_r2: dict
     paths: dict = field(default_factory=dict)
     resumed_from: int | None = None
+    closed_loop: dict | None = None  # the summary of the closed-loop evaluation, if any
 
 
 def new_run_dir(cfg: TrainConfig) -> Path:
@@ -434,6 +435,12 @@ def _run(cfg, run_dir, ckpt_root, root, train_ds, val_ds, dims, resume, saved, p
     summary = {"name": cfg.name, "mmode": cfg.mmode, "model_type": cfg.model_type,
                "target": train_ds.mode.x_tgt, "step": total, "train_loss": last_loss,
                "val_loss": val_loss, "val_r2": r2, "paths": result.paths}
+    from ncssm_policies.rollout import CONTROL_MODES, evaluate
+
+    if cfg.eval_episodes and cfg.mmode in CONTROL_MODES:
+        ev = evaluate(run_dir, num_envs=min(cfg.eval_envs, cfg.eval_episodes),
+                      episodes=cfg.eval_episodes, seed=cfg.seed, progress=progress)
+        result.closed_loop = summary["closed_loop"] = ev.summary
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     result.paths["summary"] = str(run_dir / "summary.json")
     return result
@@ -484,6 +491,14 @@ def summary_text(cfg: TrainConfig, result: RunResult, target: str, seconds: floa
         f"  R2 of the first dims: {shown}",
         f"  train loss {result.train_loss:.4g}",
     ]
+    ev = result.closed_loop
+    if ev:
+        causes = ", ".join(f"{k} {v}" for k, v in sorted(ev["causes"].items()))
+        lines.append(
+            f"  closed loop, {ev['episodes']} episodes on held-out clips: "
+            f"{100 * ev['fraction']['mean']:.0f}% of the clip completed (mean), joint error "
+            f"{ev['err_joints']['mean']:.3f} rad, root error {ev['err_root_pos']['mean']:.3f} m; "
+            f"ends: {causes}")
     lines += [f"  {k}: {v}" for k, v in result.paths.items()]
     return "\n".join(lines)
 

@@ -1,40 +1,178 @@
-"""Closed-loop evaluation of trained checkpoints on the CPU vector env."""
+"""Closed-loop evaluation of trained checkpoints: CPU and MJX backends, recording, bad input."""
 
+import jax
 import numpy as np
 import pytest
 
+from ncssm_env.body import build_model
+from ncssm_policies.checkpoint import CheckpointError, load_policy
 from ncssm_policies.config import TrainConfig
 from ncssm_policies.rollout import CONTROL_MODES, evaluate
 from ncssm_policies.train import train
+
+CAUSES = {"end", "too_far", "bad_pose", "bad_orientation", "bad_height", "nan"}
 
 
 def tiny_run(test_clips, tmp_path, mode):
     cfg = TrainConfig(root_dir=str(test_clips), seg_len=30, batch_size=4, epochs=1,
                       iters_per_epoch=3, val_steps=1, d_model=16, ssm_size=8, blocks=2,
-                      n_layers=1, runs_dir=str(tmp_path), mmode=mode)
+                      n_layers=1, runs_dir=str(tmp_path), mmode=mode, eval_episodes=0)
     return train(cfg, progress=False, plots=False).run_dir
+
+
+@pytest.fixture(scope="module")
+def sa_run(test_clips, tmp_path_factory):
+    return tiny_run(test_clips, tmp_path_factory.mktemp("sa"), "state_action")
+
+
+def check_result(res, episodes, record=False):
+    eps = res.episodes
+    assert len(eps["length"]) == episodes and (eps["length"] >= 1).all()
+    assert ((eps["fraction"] > 0) & (eps["fraction"] <= 1)).all()
+    assert set(eps["cause"]) <= CAUSES
+    assert {"err_root_pos", "err_joints", "rew_joints", "return"} <= set(res.summary)
+    assert sum(res.summary["causes"].values()) == episodes
+    assert all(np.isfinite(eps[k]).all() for k in eps if k.startswith(("err_", "rew_")))
+    if record:
+        m = build_model("test")
+        assert len(res.rollouts) == episodes
+        for ep, T, ret in zip(res.rollouts, eps["length"], eps["return"]):
+            assert ep["qpos"].shape == ep["ref_qpos"].shape == (T, m.nq)
+            assert ep["ctrl"].shape == (T, m.nu) and ep["reward"].shape == ep["err_joints"].shape == (T,)
+            assert np.abs(ep["ctrl"]).max() <= 1.0
+            # The episode starts on its reference frame (reset noise touches only the joints).
+            np.testing.assert_allclose(ep["qpos"][0, :7], ep["ref_qpos"][0, :7], atol=1e-6)
+            assert np.isclose(ep["reward"].sum(), ret) and ep["length"] == T
 
 
 @pytest.mark.parametrize("mode", CONTROL_MODES)
 def test_evaluate_runs_every_control_mode(test_clips, tmp_path, mode):
-    res = evaluate(tiny_run(test_clips, tmp_path, mode), num_envs=3, episodes=5, seed=1)
-    eps = res.episodes
-    assert len(eps["length"]) == 5 and (eps["length"] >= 1).all()
-    assert ((eps["fraction"] > 0) & (eps["fraction"] <= 1)).all()
-    assert set(eps["cause"]) <= {"end", "too_far", "bad_pose", "bad_orientation", "bad_height", "nan"}
-    assert {"err_root_pos", "err_joints", "rew_joints"} <= set(res.summary)
-    assert sum(res.summary["causes"].values()) == 5
-    assert all(np.isfinite(eps[k]).all() for k in eps if k.startswith(("err_", "rew_")))
+    res = evaluate(tiny_run(test_clips, tmp_path, mode), num_envs=3, episodes=5, seed=1,
+                   clips=[0, 1, 2])
+    check_result(res, 5)
+    assert res.summary["mode"] == mode and res.summary["backend"] == "cpu"
 
 
-def test_evaluate_bad_input(test_clips, tmp_path, rodent_clips):
-    run = tiny_run(test_clips, tmp_path, "state_action")
+def test_evaluate_records_and_is_reproducible(sa_run):
+    a = evaluate(sa_run, num_envs=2, episodes=3, seed=2, record=True)
+    check_result(a, 3, record=True)
+    b = evaluate(sa_run, num_envs=2, episodes=3, seed=2)
+    for k in a.episodes:
+        np.testing.assert_array_equal(a.episodes[k], b.episodes[k])
+    assert b.rollouts is None
+    # The default clips are the run's held-out (val) clips.
+    from ncssm_policies.openloop import held_out_clips
+
+    val = held_out_clips(load_policy(sa_run))
+    assert set(a.episodes["clip"]) <= set(val)
+
+
+def test_evaluate_mjx_in_one_scan(sa_run, jax_cache):
+    res = evaluate(sa_run, num_envs=4, episodes=6, backend="mjx", seed=3, record=True,
+                   clips=[0, 1, 2])
+    check_result(res, 6, record=True)
+    assert res.summary["backend"] == "mjx"
+
+
+def test_nan_actions_end_their_episodes(sa_run):
+    pol = load_policy(sa_run)
+    pol.params = jax.tree.map(lambda x: x * np.nan, pol.params)
+    res = evaluate(pol, num_envs=3, episodes=4, seed=0)
+    assert set(res.episodes["cause"]) == {"nan"} and (res.episodes["length"] == 1).all()
+
+
+def test_evaluate_bad_input(sa_run, test_clips, tmp_path, rodent_clips):
     with pytest.raises(ValueError, match="num_envs must be an int >= 1"):
-        evaluate(run, num_envs=0)
+        evaluate(sa_run, num_envs=0)
+    with pytest.raises(ValueError, match="episodes must be an int >= 1"):
+        evaluate(sa_run, episodes=0)
     with pytest.raises(ValueError, match="Unknown backend 'tpu'"):
-        evaluate(run, backend="tpu")
+        evaluate(sa_run, backend="tpu")
     with pytest.raises(ValueError, match=r"takes inputs \[4\] and gives 4 actions, but body 'rodent'"):
-        evaluate(run, clip_dir=rodent_clips)
-    world = tiny_run(test_clips, tmp_path / "w", "pure_state")
-    with pytest.raises(ValueError, match="'pure_state' model, which predicts rather than acts"):
-        evaluate(world)
+        evaluate(sa_run, clip_dir=rodent_clips)
+    with pytest.raises(ValueError, match="are for body 'rodent', not 'test'"):
+        evaluate(sa_run, clip_dir=rodent_clips, body="test")
+    with pytest.raises(CheckpointError, match="No checkpoint folder at"):
+        evaluate(tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CheckpointError, match="holds no checkpoints"):
+        evaluate(tmp_path / "empty")
+
+
+def test_evaluate_corrupt_checkpoint(test_clips, tmp_path):
+    import shutil
+
+    run = tiny_run(test_clips, tmp_path, "state_action")
+    copy = tmp_path / "copy"
+    shutil.copytree(run, copy)
+    files = [p for p in (copy / "checkpoints" / "best").rglob("*")
+             if p.is_file() and "params" in p.parts and p.stat().st_size > 0]
+    assert files
+    for p in files:
+        p.write_bytes(p.read_bytes()[: p.stat().st_size // 2])
+    with pytest.raises(CheckpointError, match="cannot be restored"):
+        evaluate(copy)
+
+
+def test_mjx_refuses_a_body_it_cannot_take(rodent_clips):
+    from ncssm_env.mjx_env import MJXTrackEnv
+
+    with pytest.raises(ValueError, match="MJX cannot take body 'rodent' with contacts 'all'"):
+        MJXTrackEnv(body="rodent", clip_dir=rodent_clips, clips=[0], contacts="all")
+
+
+@pytest.mark.parametrize("mode", ["pure_state", "pure_intention", "state_intention"])
+def test_evaluate_scores_predictors_open_loop(test_clips, tmp_path, mode):
+    res = evaluate(tiny_run(test_clips, tmp_path, mode), episodes=4, context=20, horizon=10)
+    assert res.summary["mode"] == mode and res.summary["windows"] == 4
+    assert {"mse@1", "mse@5", "mse@10", "r2@10"} <= set(res.summary)
+    assert np.isfinite(res.summary["mse@10"]["mean"]) and res.rollouts is None
+
+
+def test_ncssm_rollout_cli(sa_run, tmp_path, capsys):
+    import json
+
+    import imageio
+
+    from ncssm_policies.rollout import main
+    from ncssm_policies.rollout_io import load_rollouts
+
+    out = tmp_path / "out"
+    cfg = tmp_path / "rollout.yaml"
+    cfg.write_text(f"checkpoint: {sa_run.parent}/*\nnum_envs: 2\nepisodes: 3\nwidth: 64\n"
+                   f"height: 48\nout_dir: {out}\n")
+    assert main(["--config", str(cfg), "--override", "seed=4", "--no-progress"]) == 0
+    text = capsys.readouterr().out
+    assert "3 episodes on cpu" in text and "err_joints" in text and "episode ends:" in text
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["summary"]["episodes"] == 3 and summary["config"]["seed"] == 4
+    episodes, meta = load_rollouts(out / "rollouts.h5")
+    assert len(episodes) == 3 and meta["summary"]["body"] == "test"
+    assert [e["length"] for e in episodes] == summary["episodes"]["length"]
+    assert all(e["qpos"].shape[0] == e["length"] for e in episodes)
+    reader = imageio.get_reader(out / "episode.mp4", format="FFMPEG")
+    frames = list(reader.iter_data())
+    reader.close()
+    assert len(frames) == episodes[0]["length"] and frames[0].shape == (48, 128, 3)
+
+
+def test_ncssm_rollout_cli_bad_input(tmp_path, capsys):
+    from ncssm_policies.rollout import main
+
+    assert main(["--override", f"checkpoint={tmp_path}/nothing-*"]) == 2
+    assert "No folder matches checkpoint" in capsys.readouterr().err
+    assert main(["--override", f"checkpoint={tmp_path}", "backend=tpu"]) == 2
+    assert main(["--override", "episode=3"]) == 2
+    assert "unknown key 'episode'; did you mean 'episodes'?" in capsys.readouterr().err
+    assert main(["--override", "checkpoint=null"]) == 2
+    assert "Config key 'checkpoint' is required" in capsys.readouterr().err
+
+
+def test_rollout_yaml_is_the_default():
+    from pathlib import Path
+
+    from ncssm_policies.config import load_config
+    from ncssm_policies.rollout import RolloutConfig
+
+    path = Path(__file__).resolve().parents[1] / "configs" / "rollout.yaml"
+    assert load_config(path, cls=RolloutConfig) == RolloutConfig()

@@ -14,10 +14,11 @@ import pytest
 
 from ncssm_policies.checkpoint import CheckpointError, load_policy
 from ncssm_policies.config import ConfigError, TrainConfig, load_config, parse_overrides
+from ncssm_policies.rollout import CONTROL_MODES
 from ncssm_policies.train import TrainingError, main, train
 
 REPO = Path(__file__).resolve().parents[1]
-CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
+CONFIGS = sorted(p for p in (REPO / "configs").glob("*.yaml") if p.name != "rollout.yaml")
 
 
 @pytest.fixture()
@@ -25,7 +26,8 @@ def tiny(test_clips, tmp_path):
     """A small, fast config on the test body's clips, writing under tmp_path."""
     return TrainConfig(root_dir=str(test_clips), seg_len=30, batch_size=4, epochs=2,
                        iters_per_epoch=3, val_steps=1, d_model=16, ssm_size=8, blocks=2,
-                       n_layers=1, warmup=2, runs_dir=str(tmp_path / "runs"))
+                       n_layers=1, warmup=2, runs_dir=str(tmp_path / "runs"), eval_episodes=2,
+                       eval_envs=2)
 
 
 def metrics(run_dir):
@@ -55,10 +57,16 @@ def test_shipped_configs_cover_the_modes():
 def test_every_config_trains_two_steps(path, test_clips, tmp_path):
     cfg = load_config(path, [f"root_dir={test_clips}", "epochs=1", "iters_per_epoch=2",
                              "val_steps=1", "batch_size=2", "seg_len=20",
-                             f"runs_dir={tmp_path}"])
+                             f"runs_dir={tmp_path}", "eval_episodes=2", "eval_envs=2"])
     result = train(cfg, progress=False, plots=False)
     assert result.step == 2 and np.isfinite(result.val_loss)
     assert load_policy(result.run_dir).config == cfg
+    summary = json.loads((result.run_dir / "summary.json").read_text())
+    if cfg.mmode in CONTROL_MODES:  # the run ends with a short closed-loop evaluation
+        assert summary["closed_loop"]["episodes"] == 2 == result.closed_loop["episodes"]
+        assert 0 < summary["closed_loop"]["fraction"]["mean"] <= 1
+    else:
+        assert "closed_loop" not in summary and result.closed_loop is None
 
 
 def test_overrides_are_typed():
@@ -154,7 +162,7 @@ def test_load_policy_round_trips(tiny):
 
 RESUME_CFG = dict(seg_len=30, batch_size=4, epochs=8, iters_per_epoch=4, val_steps=1,
                   d_model=16, ssm_size=8, blocks=2, n_layers=1, warmup=3, dropout=0.1,
-                  noise_std=0.05)
+                  noise_std=0.05, eval_episodes=0)
 
 
 def test_exact_resume_after_sigkill(test_clips, tmp_path):
