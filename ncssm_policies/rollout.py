@@ -448,10 +448,12 @@ def rollout(cfg: RolloutConfig, progress: bool = True) -> tuple[EvalResult, dict
     """Run ``cfg``: evaluate, then write the summary, the rollouts and the video. Returns the
     result and the paths written."""
     ckpt = resolve_checkpoint(cfg.checkpoint)
+    t0 = time.perf_counter()
     res = evaluate(ckpt, num_envs=cfg.num_envs, episodes=cfg.episodes, backend=cfg.backend,
                    clips=cfg.clips, clip_dir=cfg.clip_dir, seed=cfg.seed,
                    max_steps=cfg.max_steps, which=cfg.which, record=cfg.save_rollouts or cfg.video,
                    progress=progress, context=cfg.context, horizon=cfg.horizon)
+    res.summary["evaluate_s"] = round(time.perf_counter() - t0, 1)
     out = Path(cfg.out_dir) if cfg.out_dir else _run_folder(ckpt) / "rollout"
     out.mkdir(parents=True, exist_ok=True)
     paths = {"summary": out / "summary.json"}
@@ -465,6 +467,7 @@ def rollout(cfg: RolloutConfig, progress: bool = True) -> tuple[EvalResult, dict
             ep = res.rollouts[min(cfg.video_episode, len(res.rollouts) - 1)]
             paths["video"] = render_episode(out / "episode.mp4", res.summary["body"], ep["qpos"],
                                             ep["ref_qpos"], width=cfg.width, height=cfg.height)
+    res.summary["outputs_s"] = round(time.perf_counter() - t0 - res.summary["evaluate_s"], 1)
     episodes = {k: np.asarray(v).tolist() for k, v in res.episodes.items()
                 if np.ndim(v) == 1}  # (not the open-loop predictions)
     tmp = paths["summary"].with_suffix(".json.tmp")
@@ -489,7 +492,6 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     try:
         cfg = load_config(args.config, args.override, cls=RolloutConfig)
-        t0 = time.perf_counter()
         res, paths = rollout(cfg, progress=not args.no_progress)
     except (ConfigError, CheckpointError, ValueError, OSError) as err:
         print(f"ncssm-rollout: error: {err}", file=sys.stderr)
@@ -497,7 +499,7 @@ def main(argv=None) -> int:
     n = res.summary.get("episodes", res.summary.get("windows"))
     print(f"ncssm-rollout: {res.summary.get('checkpoint', cfg.checkpoint)} ({cfg.which}), {n} "
           f"{'episodes' if 'episodes' in res.summary else 'windows'} on {cfg.backend} in "
-          f"{time.perf_counter() - t0:.0f} s")
+          f"{res.summary['evaluate_s']:.0f} s (outputs {res.summary['outputs_s']:.0f} s)")
     print(metrics_table(res))
     for k, v in paths.items():
         print(f"  {k}: {v}")

@@ -28,6 +28,7 @@ import math
 import os
 import re
 import secrets
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -316,8 +317,11 @@ def render_episode(path: str | os.PathLike[str], body: str, qpos, ref_qpos=None,
     renderer.scene.flags[mujoco.mjtRndFlag.mjRND_SHADOW] = 0
     try:
         writer = imageio.get_writer(tmp, format="FFMPEG", mode="I", fps=fps, codec="libx264",
-                                    pixelformat="yuv420p", macro_block_size=1, ffmpeg_log_level="error")
-        with writer:
+                                    pixelformat="yuv420p", macro_block_size=1,
+                                    ffmpeg_log_level="error")
+        with writer, warnings.catch_warnings():
+            # The writer forks ffmpeg on its first frame and execs at once, which is safe.
+            warnings.filterwarnings("ignore", r"os\.fork\(\) was called", RuntimeWarning)
             for t in range(panels[0].shape[0]):
                 images = []
                 for q in panels:
