@@ -66,8 +66,20 @@ def test_unknown_body_lists_known_names():
 
 
 def test_unknown_contacts_option():
-    with pytest.raises(ValueError, match="Unknown contacts 'all'"):
-        build_model("test", contacts="all")
+    with pytest.raises(ValueError, match="Unknown contacts 'none'"):
+        build_model("test", contacts="none")
+
+
+def test_all_contacts_let_the_body_touch_itself():
+    import mujoco
+
+    m = build_model("rodent", contacts="all")
+    body = [g for g in range(m.ngeom) if m.geom_contype[g]]
+    assert body and all(m.geom_conaffinity[g] == 1 for g in body)
+    own = build_model("rodent")  # "body": the floor only
+    assert not any(own.geom_conaffinity[g] for g in range(own.ngeom) if own.geom_contype[g])
+    d = mujoco.MjData(m)
+    mujoco.mj_forward(m, d)  # compiles and runs with self-contacts
 
 
 @pytest.mark.parametrize("body", sorted(BODIES))
