@@ -20,7 +20,15 @@ from typing import Iterator
 import numpy as np
 
 from ncssm_data.clips import ClipStore
-from ncssm_data.modes import DATASETS, check_sources, get_mode, read_source
+from ncssm_data.modes import (
+    DATASETS,
+    SYLLABLES,
+    check_sources,
+    check_syllable_key,
+    get_mode,
+    read_source,
+    store_keys,
+)
 from ncssm_data.normalize import Normalizer
 
 SPLITS = ("train", "val")
@@ -67,6 +75,9 @@ class ClipDataset:
             and dims).
         n_syllables: one-hot width; by default the largest syllable ID in the folder + 1. IDs
             outside ``[0, n_syllables)`` are clamped, with one warning.
+        syllable_key: the clip dataset the mode's ``syllables`` source reads: ``"syllables"``
+            (the default), or another (T,) integer label dataset such as ``"syllables_arhmm"``
+            (AR-HMM labels from ``ncssm-data segment``), whose labels must be integers >= 0.
         prefetch: batches kept ready by the streaming thread.
         start_step: the index of the first batch. Batch ``k`` depends only on the seed, the
             split and ``k``, so a dataset started at step ``k`` yields exactly the batches an
@@ -93,8 +104,10 @@ class ClipDataset:
         n_syllables: int | None = None,
         prefetch: int = 2,
         start_step: int = 0,
+        syllable_key: str = SYLLABLES,
     ):
         self.mode = get_mode(mmode)
+        self.syllable_key = check_syllable_key(syllable_key)
         if split not in SPLITS:
             raise ValueError(f"Unknown split {split!r}; expected 'train' or 'val'.")
         if not (isinstance(seg_len, (int, np.integer)) and seg_len > 0):
@@ -105,7 +118,8 @@ class ClipDataset:
             raise ValueError(f"noise_std must be >= 0, got {noise_std!r}.")
         self.store = ClipStore(root_dir)
         self.root_dir = Path(root_dir)
-        check_sources(self.mode, self.store.keys, self.store.obs_layout, str(self.root_dir))
+        keys = store_keys(self.store, syllable_key) if SYLLABLES in self.mode.sources else self.store.keys
+        check_sources(self.mode, keys, self.store.obs_layout, str(self.root_dir), syllable_key)
         self.batch_size, self.split, self.seg_len = int(batch_size), split, int(seg_len)
         self.preload, self.test_batch, self.noise_std = preload, test_batch, float(noise_std)
         self.seed, self.train_frac, self.prefetch = seed, train_frac, prefetch
@@ -138,16 +152,15 @@ class ClipDataset:
         self._lengths = lengths[self.clip_ids]
 
         self.n_syllables = None
-        if "syllables" in self.mode.sources:
+        if SYLLABLES in self.mode.sources:
             self.n_syllables = n_syllables or 1 + max(
-                int(self.store.read(i, "syllables").max()) for i in range(len(self.store)))
+                int(self._read(i, SYLLABLES).max()) for i in range(len(self.store)))
         self._clamp_warned = False
 
         self._cache: dict[int, dict[str, np.ndarray]] = {}
         if preload:
             for i in self.clip_ids:
-                self._cache[int(i)] = {s: read_source(self.store, int(i), s, 0, None)
-                                       for s in self.mode.sources}
+                self._cache[int(i)] = {s: self._read(int(i), s) for s in self.mode.sources}
 
         self.normalizer = self._normalizer(normalizer)
         if not (isinstance(start_step, (int, np.integer)) and start_step >= 0):
@@ -246,10 +259,13 @@ class ClipDataset:
         if self.preload:
             x = self._cache[i][source][start:stop]
         else:
-            x = read_source(self.store, i, source, start, stop)
+            x = self._read(i, source, start, stop)
         if source == "syllables":
             return self._one_hot(x)
         return x.astype(np.float32, copy=False)
+
+    def _read(self, i: int, source: str, start: int = 0, stop: int | None = None) -> np.ndarray:
+        return read_source(self.store, i, source, start, stop, syllable_key=self.syllable_key)
 
     def _one_hot(self, ids: np.ndarray) -> np.ndarray:
         n = self.n_syllables

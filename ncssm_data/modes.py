@@ -2,7 +2,9 @@
 
 Each source is a name: a dataset of the clip (``obs``, ``ctrl``, ``latent_mean``,
 ``syllables``; ``syllables`` arrives one-hot) or, failing that, a named slice of ``obs`` from the
-clip's layout (``qpos_local``). Targets are one step ahead: for a segment starting at frame
+clip's layout (``qpos_local``). ``syllables`` is a logical name: it reads the integer label
+dataset named by ``syllable_key`` (by default ``/syllables``; ``/syllables_arhmm`` holds the
+AR-HMM labels of ``ncssm-data segment``), shape (T,), labels 0..K-1. Targets are one step ahead: for a segment starting at frame
 ``s`` of length ``T``, ``x_in`` reads frames ``[s, s + T)`` and ``x_tgt`` frames
 ``[s + 1, s + T + 1)``. Since ``ctrl[t+1]`` is the control applied at state ``t`` (see the clip
 convention), a policy trained on ``state_action`` is causal.
@@ -23,9 +25,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import h5py
+import numpy as np
+
 from ncssm_data.errors import ClipError
 
 DATASETS = ("obs", "ctrl", "latent_mean", "syllables")  # sources read as whole datasets
+SYLLABLES = "syllables"  # the logical source of syllable labels, and its default dataset key
 
 
 @dataclass(frozen=True)
@@ -63,13 +69,41 @@ def get_mode(name: str) -> Mode:
         raise ValueError(f"Unknown mode {name!r}; expected one of {list(MODES)}.") from None
 
 
-def check_sources(mode: Mode, keys, layout, where: str) -> None:
-    """Every source of ``mode`` is a dataset among ``keys`` or a name in ``layout``."""
+def dataset_key(source: str, syllable_key: str = SYLLABLES) -> str:
+    """The clip dataset that ``source`` (one of :data:`DATASETS`) reads."""
+    return syllable_key if source == SYLLABLES else source
+
+
+def check_syllable_key(syllable_key) -> str:
+    """``syllable_key`` if it is a plain dataset name (a non-empty string without "/")."""
+    if not isinstance(syllable_key, str) or not syllable_key or "/" in syllable_key:
+        raise ValueError(
+            f"syllable_key must be a plain dataset name (non-empty, no '/'), got {syllable_key!r}.")
+    return syllable_key
+
+
+def store_keys(store, syllable_key: str = SYLLABLES) -> frozenset[str]:
+    """The dataset keys every clip of ``store`` holds: :attr:`ClipStore.keys`, plus
+    ``syllable_key`` when it is a dataset the store does not know (``/syllables_arhmm``, say)
+    that every clip holds."""
+    keys = store.keys
+    if syllable_key in keys:
+        return keys
+    for i in range(len(store)):
+        if not isinstance(_file(store, i).get(syllable_key), h5py.Dataset):
+            return keys
+    return keys | {syllable_key}
+
+
+def check_sources(mode: Mode, keys, layout, where: str, syllable_key: str = SYLLABLES) -> None:
+    """Every source of ``mode`` is a dataset among ``keys`` or a name in ``layout``; the
+    ``syllables`` source is the dataset ``syllable_key``."""
     for source in mode.sources:
         if source in DATASETS:
-            if source not in keys:
+            key = dataset_key(source, syllable_key)
+            if key not in keys:
                 raise ClipError(
-                    f"Mode {mode.name!r} needs the dataset /{source}, which the clips in "
+                    f"Mode {mode.name!r} needs the dataset /{key}, which the clips in "
                     f"{where} lack."
                 )
         elif source not in layout:
@@ -79,9 +113,56 @@ def check_sources(mode: Mode, keys, layout, where: str) -> None:
             )
 
 
-def read_source(store, i: int, source: str, start: int = 0, stop: int | None = None):
+def read_source(store, i: int, source: str, start: int = 0, stop: int | None = None,
+                syllable_key: str = SYLLABLES):
     """Frames ``[start, stop)`` of ``source`` (a dataset, or a named obs slice) of clip ``i`` of
-    a :class:`~ncssm_data.ClipStore`: (stop - start, D), or (stop - start,) for syllables."""
+    a :class:`~ncssm_data.ClipStore`: (stop - start, D), or (stop - start,) for syllables,
+    which are read from the dataset ``syllable_key``."""
+    if source == SYLLABLES and syllable_key != SYLLABLES:
+        return _read_labels(store, i, syllable_key, start, stop)
     if source in DATASETS:
         return store.read(i, source, start, stop)
     return store.obs(i, source, start, stop)
+
+
+def _file(store, i: int) -> h5py.File:
+    """Clip ``i``'s open file, from the store's cache of handles (which a fork renews)."""
+    store._header(i)  # an out-of-range index is a ClipError
+    return store._file(i)
+
+
+def _read_labels(store, i: int, key: str, start: int, stop: int | None) -> np.ndarray:
+    """Frames ``[start, stop)`` of the integer label dataset ``key`` of clip ``i`` (T,), which
+    need not be one the store knows; anything but integers >= 0 is a ClipError."""
+    h = store._header(i)  # the clip's validated header: path, length, known datasets
+    where = f"clip file {h.path}"
+    if key in h.shapes:  # a dataset the store knows and validated
+        data = store.read(i, key, start, stop)
+        if data.ndim != 1 or data.dtype.kind not in "iu":
+            raise ClipError(f"In {where}, dataset {key!r} has shape {h.shapes[key]} and dtype "
+                            f"{data.dtype}; syllable labels must be integers >= 0, shape (T,).")
+    else:
+        ds = _file(store, i).get(key)
+        if not isinstance(ds, h5py.Dataset):
+            raise ClipError(f"Clip file {h.path} has no dataset {key!r}.")
+        if ds.shape != (h.length,):
+            raise ClipError(f"In {where}, dataset {key!r} has shape {ds.shape}, expected "
+                            f"({h.length},): one syllable label per frame of /obs.")
+        if ds.dtype.kind not in "iu":
+            raise ClipError(f"In {where}, dataset {key!r} has dtype {ds.dtype}; syllable labels "
+                            f"must be integers >= 0.")
+        start = int(start)
+        stop = h.length if stop is None else int(stop)
+        if not 0 <= start < stop <= h.length:
+            raise ClipError(f"Frames [{start}, {stop}) of {key!r} are out of range for {where}, "
+                            f"which has {h.length} frames.")
+        try:
+            data = ds[start:stop]
+        except OSError as e:
+            raise ClipError(f"Clip file {h.path} dataset {key!r} could not be read (truncated or "
+                            f"corrupt?).") from e
+    if data.size and data.min() < 0:
+        k = int(np.argmax(data < 0))
+        raise ClipError(f"In {where}, dataset {key!r} holds the label {data[k]} at frame "
+                        f"{int(start) + k}; syllable labels must be integers >= 0.")
+    return data

@@ -48,6 +48,10 @@ class TrainConfig:
 
     Data: ``root_dir`` (None: the built-in rodent clips, generated on first use),
     ``train_frac``, ``preload``, ``norm_method`` (``zscore``, ``minmax`` or ``none``).
+    ``syllable_key``: the clip dataset that ``syllable_state_intention`` reads its syllables
+    from, in training and in the closed-loop evaluation: ``syllables`` (the clips' own), or
+    ``syllables_arhmm`` (the AR-HMM labels ``ncssm-data segment`` writes), or any (T,) dataset
+    of integer labels >= 0; a plain dataset name (no "/").
 
     Checkpoints: every ``ckpt_freq`` epochs (and at the end), the last ``keep_ckpts`` kept,
     plus the best by val loss. ``ckpt_dir`` (None: ``<run folder>/checkpoints``).
@@ -103,6 +107,7 @@ class TrainConfig:
     train_frac: float = 0.8
     preload: bool = True
     norm_method: str = "zscore"
+    syllable_key: str = "syllables"
     # checkpoints
     ckpt_dir: str | None = None
     keep_ckpts: int = 2
@@ -238,6 +243,9 @@ def _check_values(cfg: TrainConfig) -> None:
     if cfg.mmode not in MODES:
         raise ConfigError(
             f"Config key 'mmode' is {cfg.mmode!r}; expected one of {list(MODES)}.")
+    if not cfg.syllable_key or "/" in cfg.syllable_key:
+        raise ConfigError(f"Config key 'syllable_key' must be a plain dataset name (non-empty, "
+                          f"no '/'), got {cfg.syllable_key!r}.")
     if not cfg.name or any(c in cfg.name for c in "/\\") or cfg.name in (".", ".."):
         raise ConfigError(f"Config key 'name' must be a plain folder name, got {cfg.name!r}.")
 

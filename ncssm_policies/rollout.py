@@ -192,12 +192,16 @@ def _check_fits(pol, mode: str, layout: dict, obs_size: int, nu: int, body: str,
             f"actions.")
 
 
-def _syllable_table(store, clip_ids, lengths) -> np.ndarray:
-    """(n_clips, T_max) int32: each selected clip's syllables, edge-padded."""
+def _syllable_table(store, clip_ids, lengths, syllable_key: str = "syllables") -> np.ndarray:
+    """(n_clips, T_max) int32: each selected clip's syllables (the dataset ``syllable_key``, as
+    in training), edge-padded."""
+    from ncssm_data.modes import read_source
+
     T = int(np.max(lengths))
     rows = []
     for cid in clip_ids:
-        s = np.asarray(store.read(int(cid), "syllables")).astype(np.int32).reshape(-1)
+        s = np.asarray(read_source(store, int(cid), "syllables", syllable_key=syllable_key))
+        s = s.astype(np.int32).reshape(-1)
         rows.append(np.concatenate([s, np.repeat(s[-1:], T - len(s))]))
     return np.stack(rows)
 
@@ -278,7 +282,7 @@ def _run_cpu(pol, mode, where, store, body, clip_dir, clips, num_envs, quota, se
     try:
         nu, layout = env.model.nu, env.obs_layout
         _check_fits(pol, mode, layout, env.single_observation_space.shape[0], nu, body, where)
-        syl = _syllable_table(store, env.clip_ids, env.lengths) \
+        syl = _syllable_table(store, env.clip_ids, env.lengths, pol.config.syllable_key) \
             if mode == "syllable_state_intention" else np.zeros((len(env.clip_ids), 1), np.int32)
         act = jax.jit(_act_fn(pol, mode, layout, env.single_action_space.low,
                               env.single_action_space.high))
@@ -323,7 +327,7 @@ def _run_mjx(pol, mode, where, store, body, clip_dir, clips, num_envs, quota, se
     lo, hi = env.mj_model.actuator_ctrlrange.T.astype(np.float32)
     _check_fits(pol, mode, env.obs_layout, env.observation_size, env.action_size, body, where)
     lengths = np.asarray(env.lengths)
-    syl = jnp.asarray(_syllable_table(store, env.clip_ids, lengths)
+    syl = jnp.asarray(_syllable_table(store, env.clip_ids, lengths, pol.config.syllable_key)
                       if mode == "syllable_state_intention" else np.zeros((len(lengths), 1), np.int32))
     act = _act_fn(pol, mode, env.obs_layout, lo, hi)
     step = jax.vmap(env.step)

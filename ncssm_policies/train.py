@@ -120,7 +120,7 @@ def make_datasets(cfg: TrainConfig, root: Path, normalizer, start_step: int):
 
     common = dict(batch_size=cfg.batch_size, train_frac=cfg.train_frac, seg_len=cfg.seg_len,
                   preload=cfg.preload, test_batch=cfg.test_batch, mmode=cfg.mmode,
-                  clip_idx=cfg.clip_idx, seed=cfg.seed)
+                  clip_idx=cfg.clip_idx, seed=cfg.seed, syllable_key=cfg.syllable_key)
     norm = normalizer if normalizer is not None else (
         None if cfg.norm_method == "none" else cfg.norm_method)
     train = ClipDataset(root, split="train", noise_std=cfg.noise_std, normalizer=norm,

@@ -1,5 +1,7 @@
 """ClipDataset and Normalizer on small clips whose values encode where they came from."""
 
+import re
+import shutil
 import threading
 import warnings
 
@@ -340,3 +342,102 @@ def test_a_mode_whose_arrays_the_clips_lack(tmp_path):
                control_dt=0.02, generator="test")
     with pytest.raises(ClipError, match="Mode 'state_action' needs 'qpos_local' from the obs layout"):
         ClipDataset(tmp_path, mmode="state_action", seg_len=10)
+
+
+# --- the syllable key ------------------------------------------------------------------------
+
+N_ARHMM = 6
+
+
+def _arhmm(i: int, T: int) -> np.ndarray:
+    """AR-HMM-like labels unlike /syllables: another width, and they depend on the frame alone
+    for clip 0."""
+    return ((3 * np.arange(T) + 2 * i) % N_ARHMM).astype(np.int64)
+
+
+@pytest.fixture()
+def arhmm_clips(clips, tmp_path):
+    """The module's clips with a /syllables_arhmm dataset added to each (as segmenting does)."""
+    root = tmp_path / "arhmm"
+    shutil.copytree(clips, root)
+    for i, T in enumerate(LENGTHS):
+        with h5py.File(root / f"clip_{i}.h5", "r+") as f:
+            f.create_dataset("syllables_arhmm", data=_arhmm(i, T))
+    return root
+
+
+@pytest.mark.parametrize("preload", [True, False])
+def test_one_hot_inputs_follow_the_syllable_key(arhmm_clips, preload):
+    T, B = 20, 5
+    kw = dict(batch_size=B, seg_len=T, mmode="syllable_state_intention", seed=2, preload=preload)
+    ds = ClipDataset(arhmm_clips, syllable_key="syllables_arhmm", **kw)
+    default = ClipDataset(arhmm_clips, **kw)
+    assert ds.n_syllables == N_ARHMM and ds.dims["x_in"] == (N_ARHMM, 4)
+    assert default.n_syllables == N_SYL and default.dims["x_in"] == (N_SYL, 4)
+    for _ in range(3):
+        (x, y), (xd, yd) = next(ds), next(default)
+        np.testing.assert_array_equal(x[1], xd[1])  # the same segments: only the labels differ
+        np.testing.assert_array_equal(y, yd)
+        for b in range(B):
+            clip, start = _decode(x[1][b])
+            arhmm = _arhmm(clip, LENGTHS[clip])[start:start + T]
+            np.testing.assert_array_equal(x[0][b], np.eye(N_ARHMM, dtype=np.float32)[arhmm])
+            own = _direct(arhmm_clips, clip, "syllables", start, start + T)
+            np.testing.assert_array_equal(xd[0][b], np.eye(N_SYL, dtype=np.float32)[own])
+    ds.close()
+    default.close()
+    # the normalizer, the val split and read_source take the key too
+    norm = ClipDataset(arhmm_clips, syllable_key="syllables_arhmm", normalizer="zscore", **kw).normalizer
+    assert norm.dims["x_in"] == (N_ARHMM, 4)
+    val = ClipDataset(arhmm_clips, split="val", syllable_key="syllables_arhmm", normalizer=norm,
+                      n_syllables=N_ARHMM, **kw)
+    assert next(val)[0][0].shape == (B, T, N_ARHMM)
+    np.testing.assert_array_equal(
+        read_source(val.store, 3, "syllables", 5, 9, syllable_key="syllables_arhmm"), _arhmm(3, 40)[5:9])
+    val.close()
+
+
+def test_a_missing_syllable_key(clips, arhmm_clips):
+    for root in (clips, arhmm_clips):
+        msg = (f"Mode 'syllable_state_intention' needs the dataset /syllables_hmm, which the clips "
+               f"in {root} lack.")
+        with pytest.raises(ClipError, match=f"^{re.escape(msg)}$"):
+            ClipDataset(root, seg_len=20, mmode="syllable_state_intention", syllable_key="syllables_hmm")
+    with h5py.File(arhmm_clips / "clip_5.h5", "r+") as f:  # one clip not segmented
+        del f["syllables_arhmm"]
+    with pytest.raises(ClipError, match="needs the dataset /syllables_arhmm, which the clips in"):
+        ClipDataset(arhmm_clips, seg_len=20, mmode="syllable_state_intention",
+                    syllable_key="syllables_arhmm")
+    # modes without syllables never look for the key
+    ClipDataset(clips, seg_len=20, mmode="state_action", syllable_key="syllables_hmm")
+    for bad in ("", "a/b", "/syllables", None):
+        with pytest.raises(ValueError, match="syllable_key must be a plain dataset name"):
+            ClipDataset(clips, seg_len=20, mmode="syllable_state_intention", syllable_key=bad)
+
+
+BAD_LABELS = {
+    "float": (lambda T: np.arange(T, dtype=np.float32) % 3,
+              r"'syllables_arhmm' has dtype float32; syllable labels must be integers >= 0"),
+    "negative": (lambda T: np.where(np.arange(T) == 7, -1, np.arange(T) % 3),
+                 r"'syllables_arhmm' holds the label -1 at frame 7; syllable labels must be "
+                 r"integers >= 0"),
+    "2d": (lambda T: np.zeros((T, 2), np.int32), r"'syllables_arhmm' has shape \(\d+, 2\), expected"),
+    "short": (lambda T: np.zeros(T - 1, np.int32), r"'syllables_arhmm' has shape \(\d+,\), expected"),
+}
+
+
+@pytest.mark.parametrize("labels, match", BAD_LABELS.values(), ids=BAD_LABELS.keys())
+@pytest.mark.parametrize("preload", [True, False])
+def test_bad_syllable_labels(arhmm_clips, labels, match, preload):
+    for i, T in enumerate(LENGTHS):
+        with h5py.File(arhmm_clips / f"clip_{i}.h5", "r+") as f:
+            del f["syllables_arhmm"]
+            f.create_dataset("syllables_arhmm", data=labels(T))
+    with pytest.raises(ClipError, match=r"clip_\d+\.h5.*" + match):
+        ds = ClipDataset(arhmm_clips, seg_len=20, mmode="syllable_state_intention",
+                         syllable_key="syllables_arhmm", n_syllables=3, preload=preload)
+        for _ in range(20):
+            next(ds)
+    # a dataset the store knows but that is no label array
+    with pytest.raises(ClipError, match=r"'ctrl' has shape .* syllable labels must be integers >= 0"):
+        ClipDataset(arhmm_clips, seg_len=20, mmode="syllable_state_intention", syllable_key="ctrl")

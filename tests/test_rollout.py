@@ -176,3 +176,25 @@ def test_rollout_yaml_is_the_default():
 
     path = Path(__file__).resolve().parents[1] / "configs" / "rollout.yaml"
     assert load_config(path, cls=RolloutConfig) == RolloutConfig()
+
+
+def test_syllable_table_reads_the_syllable_key(test_clips, tmp_path):
+    import shutil
+
+    import h5py
+
+    from ncssm_data import ClipStore
+    from ncssm_policies.rollout import _syllable_table
+
+    root = tmp_path / "segmented"
+    shutil.copytree(test_clips, root)
+    for path in root.glob("clip_*.h5"):
+        with h5py.File(path, "r+") as f:
+            f.create_dataset("syllables_arhmm", data=(7 - f["syllables"][()]).astype(np.int64))
+    with ClipStore(root) as store:
+        lengths = store.lengths[[2, 0]]
+        own = _syllable_table(store, [2, 0], lengths)
+        np.testing.assert_array_equal(own, np.stack([store.read(c, "syllables") for c in (2, 0)]))
+        table = _syllable_table(store, [2, 0], lengths, "syllables_arhmm")
+        np.testing.assert_array_equal(table, 7 - own)
+        assert table.dtype == np.int32

@@ -2,18 +2,21 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import h5py
 import jax
 import numpy as np
 import pytest
 
+from ncssm_data import ClipError
 from ncssm_policies.checkpoint import CheckpointError, load_policy
-from ncssm_policies.config import ConfigError, TrainConfig, load_config, parse_overrides
+from ncssm_policies.config import ConfigError, TrainConfig, from_dict, load_config, parse_overrides
 from ncssm_policies.rollout import CONTROL_MODES
 from ncssm_policies.train import TrainingError, main, train
 
@@ -82,6 +85,16 @@ def test_overrides_are_typed():
         load_config(None, ["name=123"])
 
 
+def test_syllable_key_is_a_plain_dataset_name():
+    assert load_config(None, ["syllable_key=syllables_arhmm"]).syllable_key == "syllables_arhmm"
+    for bad in ("", "a/b", "/syllables"):
+        with pytest.raises(ConfigError, match="'syllable_key' must be a plain dataset name"):
+            TrainConfig(syllable_key=bad)
+    # a config saved before the key existed loads with the default
+    old = {k: v for k, v in TrainConfig().to_dict().items() if k != "syllable_key"}
+    assert from_dict(old).syllable_key == "syllables"
+
+
 def test_written_dims_are_checked_against_the_data(tiny):
     with pytest.raises(ConfigError, match=r"'out_dim' is 5, but the state_action target .* has width 4"):
         train(tiny.replace(out_dim=5), progress=False)
@@ -119,6 +132,30 @@ def test_run_folder_holds_what_the_readme_lists(tiny):
     summary = json.loads((result.run_dir / "summary.json").read_text())
     assert summary["target"] == "ctrl" and len(summary["val_r2"]["per_dim"]) == 4
     assert [m["step"] for m in metrics(result.run_dir) if "val_loss" in m] == [3, 6]
+
+
+def test_syllable_mode_trains_and_evaluates_on_arhmm_labels(tiny, test_clips, tmp_path):
+    """syllable_key picks the label dataset in training and in the closed-loop evaluation; the
+    clips here have no /syllables at all, so reading it anywhere would fail."""
+    root = tmp_path / "segmented"
+    shutil.copytree(test_clips, root)
+    n_labels = 0
+    for path in sorted(root.glob("clip_*.h5")):
+        with h5py.File(path, "r+") as f:
+            own = f["syllables"][()]
+            labels = 2 * own + np.arange(len(own)) // 20 % 2 + 1  # other labels, another count
+            f.create_dataset("syllables_arhmm", data=labels)
+            del f["syllables"]
+            n_labels = max(n_labels, 1 + int(labels.max()))
+    cfg = tiny.replace(root_dir=str(root), mmode="syllable_state_intention",
+                       syllable_key="syllables_arhmm", epochs=1)
+    result = train(cfg, progress=False, plots=False)
+    assert np.isfinite(result.val_loss) and result.closed_loop["episodes"] == 2
+    loaded = load_policy(result.run_dir)
+    assert loaded.config.syllable_key == "syllables_arhmm"
+    assert loaded.dims["n_syllables"] == n_labels and loaded.dims["x_in"][0] == n_labels
+    with pytest.raises(ClipError, match="needs the dataset /syllables, which the clips in"):
+        train(cfg.replace(syllable_key="syllables"), progress=False, plots=False)
 
 
 def test_test_batch_overfits_one_clip(tiny):
