@@ -1,6 +1,7 @@
-"""``ncssm-data``: make clip files.
+"""``ncssm-data``: make clip files, and label them with behavioural syllables.
 
     ncssm-data generate --body rodent --clips 32 --frames 600 --seed 0 --out DIR
+    ncssm-data segment --config configs/segment.yaml [--override key=value ...] [--sweep]
 """
 
 from __future__ import annotations
@@ -20,7 +21,19 @@ def main(argv: list[str] | None = None) -> int:
     gen.add_argument("--frames", type=int, default=600, help="frames per clip (50 Hz)")
     gen.add_argument("--seed", type=int, default=0)
     gen.add_argument("--out", required=True, help="folder for clip_<i>.h5")
+    seg = sub.add_parser("segment", help="fit a sticky AR-HMM to clips and write its syllables "
+                                         "into them (see ncssm_data.segment)")
+    seg.add_argument("--config", help="a YAML config (default: configs/segment.yaml's values)")
+    seg.add_argument("--override", nargs="+", default=[], metavar="KEY=VALUE",
+                     help="config values, each read as a YAML scalar")
+    seg.add_argument("--sweep", action="store_true",
+                     help="fit the grid of sweep_num_states x sweep_kappa (x sweep_n_pcs) and "
+                          "print the table instead")
+    seg.add_argument("--overwrite", action="store_true", help="replace an existing out_key")
+    seg.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
+    if args.command == "segment":
+        return _segment(args)
 
     from ncssm_env.synthetic import generate
 
@@ -32,6 +45,42 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(f"wrote {args.clips} clips of {args.frames} frames to {args.out}; torso upright in "
           f"{100 * np.mean(upright):.1f}% of frames (worst clip {100 * np.min(upright):.1f}%)")
+    return 0
+
+
+def _segment(args) -> int:
+    from ncssm_data.errors import ClipError
+    from ncssm_data.segment import SegmentConfig, segment, sweep, sweep_table
+    from ncssm_policies.config import ConfigError, load_config
+
+    try:
+        cfg = load_config(args.config, args.override + (["overwrite=true"] if args.overwrite
+                                                         else []), cls=SegmentConfig)
+        if args.sweep:
+            rows, best = sweep(cfg, progress=not args.no_progress)
+            rule = "held-out log-likelihood" if cfg.select == "loglik" else \
+                f"median duration nearest {cfg.target_duration} s"
+            print(f"ncssm-data segment --sweep: {len(rows)} fits, sorted by held-out "
+                  f"log-likelihood per frame; * marks the best by {rule}")
+            print(sweep_table(rows, best))
+            print(f"  table: {cfg.out_dir}/sweep.json")
+            return 0
+        s = segment(cfg, progress=not args.no_progress)
+    except (ConfigError, ClipError, ValueError, OSError, FloatingPointError) as err:
+        print(f"ncssm-data: error: {err}", file=sys.stderr)
+        return 2
+    keys = ("clips", "feature", "num_states", "kappa", "num_lags", "n_pcs", "heldout_ll",
+            "ll_per_frame",
+            "states_in_use", "median_duration_frames", "median_duration_s", "ari", "nmi",
+            "ari_held_out", "nmi_held_out", "fit_s", "model", "labels")
+    print("ncssm-data segment:")
+    for k in keys:
+        if k in s:
+            v = s[k]
+            print(f"  {k}: {v:.4g}" if isinstance(v, float) else f"  {k}: {v}")
+    for k, v in s["plots"].items():
+        print(f"  {k}: {v}")
+    print(f"  summary: {cfg.out_dir}/summary.json")
     return 0
 
 

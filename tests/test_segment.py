@@ -1,0 +1,204 @@
+"""AR-HMM segmentation: recovery of known states, atomic label writes, saved models, sweeps."""
+
+import hashlib
+import json
+
+import h5py
+import numpy as np
+import pytest
+
+from ncssm_data import write_clip
+from ncssm_data.errors import ClipError
+from ncssm_data.segment import ARHMM, SegmentConfig, segment, sweep, sweep_table
+
+K_TRUE, D, T, N_CLIPS = 3, 4, 300, 8
+
+
+def arhmm_clips(root, n=N_CLIPS, T=T, seed=0, width=D, nan=False):
+    """Clips whose ``obs`` is a sticky 3-state AR(1) process with distinct dynamics per state
+    (known states in ``/syllables``)."""
+    rng = np.random.default_rng(seed)
+    A = [0.9 * np.eye(width), 0.5 * np.eye(width), -0.3 * np.eye(width)]
+    b = [np.full(width, 1.0), np.full(width, -1.0), np.zeros(width)]
+    noise = [0.1, 0.3, 0.6]
+    root.mkdir(parents=True, exist_ok=True)
+    for c in range(n):
+        z = np.zeros(T, np.int32)
+        x = np.zeros((T, width), np.float32)
+        for t in range(1, T):
+            z[t] = z[t - 1] if rng.random() < 0.97 else rng.integers(K_TRUE)
+            k = z[t]
+            x[t] = A[k] @ x[t - 1] + b[k] + noise[k] * rng.standard_normal(width)
+        if nan and c == 1:
+            x[5, 0] = np.nan
+        arrays = {"obs": x, "ctrl": np.zeros((T, 1), np.float32), "syllables": z}
+        if nan and c == 1:
+            # write_clip refuses NaN; write a valid clip, then poison it as a bad recorder would.
+            write_clip(root / f"clip_{c}.h5", {**arrays, "obs": np.nan_to_num(x)},
+                       obs_layout={"pose": (0, width)}, body="toy", control_dt=0.02,
+                       generator="test")
+            with h5py.File(root / f"clip_{c}.h5", "r+") as f:
+                f["obs"][5, 0] = np.nan
+            continue
+        write_clip(root / f"clip_{c}.h5", arrays, obs_layout={"pose": (0, width)}, body="toy",
+                   control_dt=0.02, generator="test")
+    return root
+
+
+def cfg_for(root, tmp_path, **kw):
+    base = dict(clip_dir=str(root), feature="pose", n_pcs=None, num_states=3, kappa=100.0,
+                num_iters=30, out_dir=str(tmp_path / "seg"), n_ethogram=2)
+    return SegmentConfig(**{**base, **kw})
+
+
+def digests(root):
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.glob("*.h5"))}
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory):
+    return arhmm_clips(tmp_path_factory.mktemp("toy"))
+
+
+def test_recovers_known_states_and_writes_labels(toy, tmp_path):
+    import shutil
+
+    root = tmp_path / "clips"
+    shutil.copytree(toy, root)
+    before = {}
+    for p in sorted(root.glob("*.h5")):
+        with h5py.File(p, "r") as f:
+            before[p.name] = {k: f[k][()] for k in f}
+    summary = segment(cfg_for(root, tmp_path), progress=False)
+    assert summary["ari"] >= 0.9 and summary["nmi"] >= 0.8, summary
+    assert summary["ari_held_out"] >= 0.9
+    assert np.isfinite(summary["heldout_ll"]) and summary["states_in_use"] == 3
+    assert summary["median_duration_s"] == pytest.approx(summary["median_duration_frames"] * 0.02)
+    for name in ("ethogram", "durations", "confusion"):
+        assert (tmp_path / "seg" / f"{name}.png").stat().st_size > 1000
+    for p in sorted(root.glob("*.h5")):
+        with h5py.File(p, "r") as f:
+            assert set(f) == set(before[p.name]) | {"syllables_arhmm"}
+            for k, v in before[p.name].items():  # every existing dataset untouched
+                np.testing.assert_array_equal(f[k][()], v)
+            z = f["syllables_arhmm"]
+            assert z.dtype == np.int32 and z.shape == (T,)
+            assert z.attrs["num_states"] == 3 and z.attrs["feature"] == "pose"
+    assert not list(root.glob(".*tmp*"))  # no temp files left
+
+
+def test_saved_model_relabels_identically(toy, tmp_path):
+    import shutil
+
+    root, again = tmp_path / "a", tmp_path / "b"
+    shutil.copytree(toy, root)
+    shutil.copytree(toy, again)
+    s = segment(cfg_for(root, tmp_path), progress=False)
+    segment(cfg_for(again, tmp_path, model=s["model"], out_dir=str(tmp_path / "seg2")),
+            progress=False)
+    for p in sorted(root.glob("*.h5")):
+        with h5py.File(p, "r") as f, h5py.File(again / p.name, "r") as g:
+            np.testing.assert_array_equal(f["syllables_arhmm"][()], g["syllables_arhmm"][()])
+    model = ARHMM.load(s["model"])
+    assert model.hyper["num_states"] == 3 and model.features.name == "pose"
+    # New clips (another seed) get labels from the same model.
+    new = arhmm_clips(tmp_path / "new", n=3, seed=5)
+    out = segment(cfg_for(new, tmp_path, model=s["model"], out_dir=str(tmp_path / "seg3")),
+                  progress=False)
+    assert out["ari"] >= 0.9
+
+
+def test_existing_dataset_needs_overwrite(toy, tmp_path):
+    import shutil
+
+    root = tmp_path / "clips"
+    shutil.copytree(toy, root)
+    segment(cfg_for(root, tmp_path, num_iters=2), progress=False)
+    before = digests(root)
+    with pytest.raises(ValueError, match=r"already has /syllables_arhmm; pass --overwrite"):
+        segment(cfg_for(root, tmp_path, num_iters=2), progress=False)
+    assert digests(root) == before  # nothing written
+    segment(cfg_for(root, tmp_path, num_iters=2, overwrite=True), progress=False)
+    with pytest.raises(ValueError, match="other than the clip schema"):
+        cfg_for(root, tmp_path, out_key="syllables")
+
+
+def test_sweep_table_is_sorted_and_complete(toy, tmp_path):
+    cfg = cfg_for(toy, tmp_path, num_iters=10, sweep_num_states=[2, 3], sweep_kappa=[0.0, 100.0],
+                  write_labels=False)
+    rows, best = sweep(cfg, progress=False)
+    assert len(rows) == 4
+    assert {(r["num_states"], r["kappa"]) for r in rows} == {(2, 0.0), (2, 100.0), (3, 0.0), (3, 100.0)}
+    lls = [r["heldout_ll"] for r in rows]
+    assert lls == sorted(lls, reverse=True) and best == 0
+    assert all({"ari", "nmi", "median_duration_s", "states_in_use"} <= set(r) for r in rows)
+    table = sweep_table(rows, best)
+    assert len(table.splitlines()) == 5 and table.splitlines()[1].startswith("* ")
+    saved = json.loads((tmp_path / "seg" / "sweep.json").read_text())
+    assert saved["rows"] == json.loads(json.dumps(rows))
+    # The duration rule picks the row whose median duration is nearest the target.
+    from ncssm_data.segment import pick
+
+    target = rows[-1]["median_duration_s"]
+    assert rows[pick(rows, "duration", target)]["median_duration_s"] == target
+
+
+def test_bad_input(toy, tmp_path):
+    before = digests(toy)
+    with pytest.raises(ClipError, match="have no feature 'paws'"):
+        segment(cfg_for(toy, tmp_path, feature="paws"), progress=False)
+    with pytest.raises(ValueError, match=r"num_states \(K\) must be an int >= 2, got 1"):
+        cfg_for(toy, tmp_path, num_states=1)
+    with pytest.raises(ValueError, match=r"kappa \(stickiness\) must be >= 0, got -1"):
+        cfg_for(toy, tmp_path, kappa=-1.0)
+    with pytest.raises(ValueError, match="n_pcs 9 is larger than feature 'pose', which has 4 dims"):
+        segment(cfg_for(toy, tmp_path, n_pcs=9), progress=False)
+    nan = arhmm_clips(tmp_path / "nan", n=3, nan=True)
+    with pytest.raises(ClipError, match="clip_1.h5"):
+        segment(cfg_for(nan, tmp_path), progress=False)
+    # A saved model applied to clips of another feature width.
+    s = segment(cfg_for(toy, tmp_path, num_iters=2, write_labels=False), progress=False)
+    wide = arhmm_clips(tmp_path / "wide", n=3, width=6)
+    with pytest.raises(ValueError, match="fitted on feature 'pose' of width 4; the clips in .* give width 6"):
+        segment(cfg_for(wide, tmp_path, model=s["model"]), progress=False)
+    (tmp_path / "junk.npz").write_bytes(b"not a model")
+    with pytest.raises(ValueError, match="is not an AR-HMM model saved by ncssm-data segment"):
+        ARHMM.load(tmp_path / "junk.npz")
+    assert digests(toy) == before
+    assert not list(toy.glob(".*tmp*")) and not any(
+        "syllables_arhmm" in h5py.File(p, "r") for p in toy.glob("*.h5"))
+
+
+def test_ncssm_data_segment_cli(toy, tmp_path, capsys):
+    import shutil
+
+    from ncssm_env.cli import main
+
+    root = tmp_path / "clips"
+    shutil.copytree(toy, root)
+    common = [f"clip_dir={root}", "feature=pose", "n_pcs=null", "num_states=3", "kappa=100",
+              "num_iters=20", f"out_dir={tmp_path / 'out'}"]
+    assert main(["segment", "--override", *common, "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "ari:" in out and "labels: /syllables_arhmm in 8 clips" in out
+    assert main(["segment", "--override", *common, "--no-progress"]) == 2
+    assert "already has /syllables_arhmm; pass --overwrite" in capsys.readouterr().err
+    assert main(["segment", "--override", *common, "--overwrite", "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["segment", "--override", *common, "sweep_num_states=[2, 3]", "sweep_kappa=[100]",
+                 "num_iters=5", "--sweep", "--no-progress"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "2 fits" in lines[0] and sum(line.startswith("* ") for line in lines) == 1
+    assert main(["segment", "--override", "num_states=1"]) == 2
+    assert "num_states (K) must be an int >= 2" in capsys.readouterr().err
+    assert main(["segment", "--override", "kapa=3"]) == 2
+    assert "unknown key 'kapa'; did you mean 'kappa'?" in capsys.readouterr().err
+
+
+def test_segment_yaml_is_the_default():
+    from pathlib import Path
+
+    from ncssm_policies.config import load_config
+
+    path = Path(__file__).resolve().parents[1] / "configs" / "segment.yaml"
+    assert load_config(path, cls=SegmentConfig) == SegmentConfig()
