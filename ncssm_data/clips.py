@@ -20,6 +20,7 @@ File attributes: ``schema_version`` (int), ``obs_layout`` (JSON string), ``body`
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import operator
@@ -27,7 +28,7 @@ import os
 import re
 import secrets
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -178,18 +179,29 @@ def write_clip(
 
     if not path.parent.is_dir():
         raise ClipError(f"In {where}, the folder {path.parent} does not exist.")
-    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
-    f = h5py.File(tmp, "w-")
+    with atomic_path(path) as tmp, h5py.File(tmp, "w-") as f:
+        for key, a in data.items():
+            _write_dataset(f, key, a)
+        f.attrs["schema_version"] = SCHEMA_VERSION
+        f.attrs["obs_layout"] = layout_to_json(layout)
+        f.attrs["body"] = body
+        f.attrs["control_dt"] = dt
+        f.attrs["generator"] = generator
+    return path
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike[str], suffix: str = "") -> Iterator[Path]:
+    """A temp path in ``path``'s folder (ending in ``suffix``) to write the new file to.
+
+    When the block ends, the temp file is synced and renamed onto ``path``, and the folder is
+    synced. If the block raises, the temp file is removed and a file already at ``path`` is
+    untouched. Every file of the project that must never be seen half-written goes through here.
+    """
+    path = Path(path)
+    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}{suffix}"
     try:
-        with f:
-            for key, a in data.items():
-                _write_dataset(f, key, a)
-            f.attrs["schema_version"] = SCHEMA_VERSION
-            f.attrs["obs_layout"] = layout_to_json(layout)
-            f.attrs["body"] = body
-            f.attrs["control_dt"] = dt
-            f.attrs["generator"] = generator
-            f.flush()
+        yield tmp
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -197,7 +209,6 @@ def write_clip(
         tmp.unlink(missing_ok=True)
         raise
     _fsync_folder(path.parent)
-    return path
 
 
 def _fsync_folder(folder: Path) -> None:

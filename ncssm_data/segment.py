@@ -33,7 +33,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import secrets
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -42,7 +41,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from ncssm_data.clips import _SPECS, ClipStore, _fsync_folder
+from ncssm_data.clips import _SPECS, ClipStore, atomic_path
 from ncssm_data.dataset import split_clips
 from ncssm_data.errors import ClipError
 
@@ -257,13 +256,9 @@ class ARHMM:
         }
         meta = {"format": "ncssm-arhmm", "version": 1, "feature": f.name, "width": f.width,
                 "hyper": self.hyper}
-        tmp = path.parent / f".{path.name}.tmp-{secrets.token_hex(4)}.npz"
-        try:
+        with atomic_path(path, suffix=".npz") as tmp:
             np.savez(tmp, meta=np.array(json.dumps(meta)),
                      **{k: np.asarray(v) for k, v in arrays.items()})
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
         return path
 
     @classmethod
@@ -451,8 +446,7 @@ def write_labels(paths: list[Path], labels: list[np.ndarray], key: str, attrs: d
         if len(z) != T:
             raise ValueError(f"{len(z)} labels for clip {p}, which has {T} frames.")
     for p, z in zip(paths, labels):
-        tmp = p.parent / f".{p.name}.tmp-{secrets.token_hex(4)}"
-        try:
+        with atomic_path(p) as tmp:
             shutil.copyfile(p, tmp)
             with h5py.File(tmp, "r+") as f:
                 if key in f:
@@ -460,14 +454,6 @@ def write_labels(paths: list[Path], labels: list[np.ndarray], key: str, attrs: d
                 ds = f.create_dataset(key, data=np.asarray(z, np.int32))
                 for k, v in attrs.items():
                     ds.attrs[k] = json.dumps(v) if isinstance(v, (dict, list)) or v is None else v
-                f.flush()
-            with open(tmp, "rb+") as fh:
-                os.fsync(fh.fileno())
-            os.replace(tmp, p)
-        finally:
-            tmp.unlink(missing_ok=True)
-    if paths:
-        _fsync_folder(paths[0].parent)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -451,6 +451,8 @@ def resolve_checkpoint(pattern: str) -> Path:
 def rollout(cfg: RolloutConfig, progress: bool = True) -> tuple[EvalResult, dict]:
     """Run ``cfg``: evaluate, then write the summary, the rollouts and the video. Returns the
     result and the paths written."""
+    from ncssm_data.clips import atomic_path
+
     ckpt = resolve_checkpoint(cfg.checkpoint)
     t0 = time.perf_counter()
     res = evaluate(ckpt, num_envs=cfg.num_envs, episodes=cfg.episodes, backend=cfg.backend,
@@ -474,9 +476,8 @@ def rollout(cfg: RolloutConfig, progress: bool = True) -> tuple[EvalResult, dict
     res.summary["outputs_s"] = round(time.perf_counter() - t0 - res.summary["evaluate_s"], 1)
     episodes = {k: np.asarray(v).tolist() for k, v in res.episodes.items()
                 if np.ndim(v) == 1}  # (not the open-loop predictions)
-    tmp = paths["summary"].with_suffix(".json.tmp")
-    tmp.write_text(json.dumps({**meta, "episodes": episodes}, indent=2))
-    tmp.replace(paths["summary"])
+    with atomic_path(paths["summary"]) as tmp:
+        tmp.write_text(json.dumps({**meta, "episodes": episodes}, indent=2))
     return res, {k: str(v) for k, v in paths.items()}
 
 

@@ -27,7 +27,6 @@ import json
 import math
 import os
 import re
-import secrets
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -35,6 +34,8 @@ from typing import Any
 
 import h5py
 import numpy as np
+
+from ncssm_data.clips import atomic_path
 
 FORMAT = "ncssm-rollouts"
 SCHEMA_VERSION = 1
@@ -150,43 +151,19 @@ def save_rollouts(path: str | os.PathLike[str], episodes: Sequence[Mapping[str, 
     if not path.parent.is_dir():
         raise RolloutError(f"The folder {path.parent} of rollout file {path} does not exist.")
 
-    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
-    try:
-        with h5py.File(tmp, "w-") as f:
-            f.attrs["format"] = FORMAT
-            f.attrs["schema_version"] = SCHEMA_VERSION
-            f.attrs["meta"] = meta_json
-            for i, (arrays, scalars) in enumerate(checked):
-                g = f.create_group(f"episode_{i:04d}")
-                for key, a in arrays.items():
-                    chunked = a.size > 0  # (gzip and checksums need chunks, which need data)
-                    g.create_dataset(key, data=a, compression="gzip" if chunked else None,
-                                     fletcher32=chunked)
-                for key, value in scalars.items():
-                    g.attrs[key] = value
-            f.flush()
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_folder(path.parent)
+    with atomic_path(path) as tmp, h5py.File(tmp, "w-") as f:
+        f.attrs["format"] = FORMAT
+        f.attrs["schema_version"] = SCHEMA_VERSION
+        f.attrs["meta"] = meta_json
+        for i, (arrays, scalars) in enumerate(checked):
+            g = f.create_group(f"episode_{i:04d}")
+            for key, a in arrays.items():
+                chunked = a.size > 0  # (gzip and checksums need chunks, which need data)
+                g.create_dataset(key, data=a, compression="gzip" if chunked else None,
+                                 fletcher32=chunked)
+            for key, value in scalars.items():
+                g.attrs[key] = value
     return path
-
-
-def _fsync_folder(folder: Path) -> None:
-    """Make the rename durable where the platform allows it (best effort)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def load_rollouts(path: str | os.PathLike[str]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
@@ -310,31 +287,27 @@ def render_episode(path: str | os.PathLike[str], body: str, qpos, ref_qpos=None,
     # model.stat.extent (0.8 m for both bodies) is set by the arena, so size the view by the body.
     cam.distance = _body_radius(model, data, root) / math.sin(math.radians(glob.fovy / 2))
 
-    tmp = path.parent / f".{path.stem}.tmp-{os.getpid()}-{secrets.token_hex(4)}.mp4"
     renderer = mujoco.Renderer(model, height, width)
     # Shadows (a 4096^2 shadow map) take ~3/4 of a rodent frame under Mesa's software EGL
     # (~0.33 s vs ~0.09 s at 320x240) and barely show under the overhead light.
     renderer.scene.flags[mujoco.mjtRndFlag.mjRND_SHADOW] = 0
     try:
-        writer = imageio.get_writer(tmp, format="FFMPEG", mode="I", fps=fps, codec="libx264",
-                                    pixelformat="yuv420p", macro_block_size=1,
-                                    ffmpeg_log_level="error")
-        with writer, warnings.catch_warnings():
-            # The writer forks ffmpeg on its first frame and execs at once, which is safe.
-            warnings.filterwarnings("ignore", r"os\.fork\(\) was called", RuntimeWarning)
-            for t in range(panels[0].shape[0]):
-                images = []
-                for q in panels:
-                    data.qpos[:] = q[t]
-                    mujoco.mj_forward(model, data)
-                    cam.lookat[:] = data.xpos[root]
-                    renderer.update_scene(data, camera=cam)
-                    images.append(renderer.render())
-                writer.append_data(np.concatenate(images, axis=1))
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+        with atomic_path(path, suffix=".mp4") as tmp:
+            writer = imageio.get_writer(tmp, format="FFMPEG", mode="I", fps=fps, codec="libx264",
+                                        pixelformat="yuv420p", macro_block_size=1,
+                                        ffmpeg_log_level="error")
+            with writer, warnings.catch_warnings():
+                # The writer forks ffmpeg on its first frame and execs at once, which is safe.
+                warnings.filterwarnings("ignore", r"os\.fork\(\) was called", RuntimeWarning)
+                for t in range(panels[0].shape[0]):
+                    images = []
+                    for q in panels:
+                        data.qpos[:] = q[t]
+                        mujoco.mj_forward(model, data)
+                        cam.lookat[:] = data.xpos[root]
+                        renderer.update_scene(data, camera=cam)
+                        images.append(renderer.render())
+                    writer.append_data(np.concatenate(images, axis=1))
     finally:
         renderer.close()
     return path
