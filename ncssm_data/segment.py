@@ -30,7 +30,6 @@ true ``/syllables``, the adjusted Rand index and normalized mutual information a
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import shutil
@@ -675,7 +674,3 @@ def plots(out: Path, labels: list[np.ndarray], data: Data, K: int, n_ethogram: i
         fig.savefig(paths["confusion"], dpi=100)
         plt.close(fig)
     return paths
-
-
-def as_dict(cfg: SegmentConfig) -> dict:
-    return dataclasses.asdict(cfg)

@@ -245,27 +245,27 @@ def evaluate(ckpt_dir: str | Path, num_envs: int = 4, episodes: int = 8, backend
 
         return score_open_loop(pol, clip_dir=clip_dir, clips=clips, context=context,
                                horizon=horizon, windows=episodes, seed=seed)
-    store = ClipStore(clip_dir)
-    body = body or store.body or "rodent"
-    if store.body is not None and store.body != body:
-        raise ValueError(f"The clips in {clip_dir} are for body {store.body!r}, not {body!r}.")
     if backend == "auto":
         import jax
 
         backend = "cpu" if jax.default_backend() == "cpu" else "mjx"
     quota = np.full(num_envs, episodes // num_envs) + (np.arange(num_envs) < episodes % num_envs)
     bar = None
-    if progress:
-        from tqdm.auto import tqdm
+    with ClipStore(clip_dir) as store:
+        body = body or store.body or "rodent"
+        if store.body is not None and store.body != body:
+            raise ValueError(f"The clips in {clip_dir} are for body {store.body!r}, not {body!r}.")
+        if progress:
+            from tqdm.auto import tqdm
 
-        bar = tqdm(total=episodes, desc=f"{backend} episodes", unit="ep")
-    try:
-        run = _run_cpu if backend == "cpu" else _run_mjx
-        res = run(pol, mode, ckpt_dir, store, body, clip_dir, clips, num_envs, quota, seed,
-                  max_steps, record, bar)
-    finally:
-        if bar is not None:
-            bar.close()
+            bar = tqdm(total=episodes, desc=f"{backend} episodes", unit="ep")
+        try:
+            run = _run_cpu if backend == "cpu" else _run_mjx
+            res = run(pol, mode, ckpt_dir, store, body, clip_dir, clips, num_envs, quota, seed,
+                      max_steps, record, bar)
+        finally:
+            if bar is not None:
+                bar.close()
     res.summary.update(mode=mode, body=body, backend=backend, checkpoint=str(pol.path))
     return res
 
