@@ -27,6 +27,7 @@ import mujoco
 import numpy as np
 
 CONTACTS = ("body", "paws", "all")
+SOLVERS = {"newton": mujoco.mjtSolver.mjSOL_NEWTON, "cg": mujoco.mjtSolver.mjSOL_CG}
 PREFIX = "walker/"  # every name from the body's MJCF gets this prefix in the model
 
 
@@ -118,20 +119,40 @@ def build_model(
     *,
     contacts: str = "body",
     timestep: float = 0.002,
+    solver: str | None = None,
+    iterations: int | None = None,
+    ls_iterations: int | None = None,
 ) -> mujoco.MjModel:
     """Compile the arena with ``body`` attached at the origin under a free root joint.
 
     Names inside the body get the prefix ``"walker/"`` (``"walker/torso"``, ``"walker/hand_L"``),
     as dm-control does; the free joint is ``"walker/root"``. ``timestep`` is the physics step in seconds; the control step is
     ``timestep * n_substeps`` and belongs to the env.
+
+    Constraint solver: ``solver`` (``"newton"`` or ``"cg"``), ``iterations`` and
+    ``ls_iterations`` (line search); ``None`` keeps the arena's (Newton, 50 and 20, which the
+    built-in clips were made with; Newton stops on its tolerance long before either cap).
+    GPU users cap them (5 and 5 is common) for speed; the README says how far that drifts.
     """
     bdef = body_def(body)
     if contacts not in CONTACTS:
         raise ValueError(f"Unknown contacts {contacts!r}; expected one of {list(CONTACTS)}.")
     if not timestep > 0:
         raise ValueError(f"timestep must be > 0 seconds, got {timestep!r}.")
+    if solver is not None and solver not in SOLVERS:
+        raise ValueError(f"Unknown solver {solver!r}; expected one of {list(SOLVERS)} or None "
+                         f"(the arena's, newton).")
+    for name, n in (("iterations", iterations), ("ls_iterations", ls_iterations)):
+        if n is not None and (isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1):
+            raise ValueError(f"{name} must be an int >= 1 or None (the arena's), got {n!r}.")
     arena = mujoco.MjSpec.from_file(_xml_path("arena.xml"))
     arena.option.timestep = timestep
+    if solver is not None:
+        arena.option.solver = SOLVERS[solver]
+    if iterations is not None:
+        arena.option.iterations = int(iterations)
+    if ls_iterations is not None:
+        arena.option.ls_iterations = int(ls_iterations)
     spec = bdef.load()
     keep = bdef.is_paw if contacts == "paws" else bdef.is_collision
     for geom in spec.geoms:

@@ -87,6 +87,8 @@ class TrackEnv(gym.Env):
         K: number of future reference frames in the observation.
         task: a :class:`task.TaskConfig` or a mapping of its fields.
         contacts, timestep, n_substeps: physics (2 ms x 10 substeps = 50 Hz control).
+        solver, iterations, ls_iterations: the constraint solver (None: the arena's; see
+            :func:`ncssm_env.body.build_model`).
         render_mode: ``None`` or ``"rgb_array"``; ``width``/``height`` size the frame.
 
     Observation: float32 ``(D_obs,)`` named by ``obs_layout``. Action: float32 ``(nu,)`` in the
@@ -106,6 +108,9 @@ class TrackEnv(gym.Env):
         contacts: str = "body",
         timestep: float = 0.002,
         n_substeps: int = 10,
+        solver: str | None = None,
+        iterations: int | None = None,
+        ls_iterations: int | None = None,
         render_mode: str | None = None,
         width: int = 320,
         height: int = 240,
@@ -123,7 +128,8 @@ class TrackEnv(gym.Env):
         self.cfg = task if isinstance(task, _task.TaskConfig) else _task.TaskConfig.from_dict(task)
         self.healthy_z = self.cfg.healthy_z or self.bdef.healthy_z
         self.K, self.n_substeps = K, n_substeps
-        self.model = build_model(body, contacts=contacts, timestep=timestep)
+        self.model = build_model(body, contacts=contacts, timestep=timestep, solver=solver,
+                                 iterations=iterations, ls_iterations=ls_iterations)
         self.data = mujoco.MjData(self.model)
         self.idx = body_index(self.model, body)
         self.control_dt = timestep * n_substeps

@@ -5,6 +5,16 @@ Written directly against ``brax.envs.base.Env`` (not brax's unmaintained ``Pipel
 a ``lax.scan`` over the substeps; the task math is :mod:`ncssm_env.task` under ``jax.numpy``;
 the reference clips sit on the device as padded ``(n_clips, T_max, ...)`` arrays.
 
+Physics implementation (``impl``): ``"jax"`` is MJX's XLA path, fine for small bodies but
+unrolled over the kinematic tree, so the rodent (38 bodies deep) takes many minutes to
+compile; ``"warp"`` is MuJoCo Warp behind MJX's FFI (warp-lang), which takes the rodent on a
+CUDA GPU or on Warp's CPU device; ``"auto"`` picks warp for the rodent and for any body on a
+CUDA GPU, and jax otherwise. Warp keeps the contacts of every env of a batched call in one
+shared buffer: it is sized from the body (the most contacts and constraint rows its collision
+pairs can make) and ``num_envs``, and a step that overflows it raises
+:class:`BufferOverflowError` where the host sees it (``MJXVectorEnv``, ``evaluate``); inside
+brax's training it shows as ``metrics["overflow"]``.
+
 An episode that ends is reset inside ``step`` to a freshly drawn clip and start frame (brax's
 own ``AutoResetWrapper`` would return to a cached first state): the returned state has
 ``done = 1``, the reward of the final step, and the first observation of the new episode.
@@ -23,30 +33,111 @@ from mujoco import mjx
 from ncssm_env import MAX_EPISODE_STEPS
 from ncssm_env import task as _task
 from ncssm_env.gym_env import TrackEnv
+from ncssm_env.jax_cache import enable_compilation_cache
+
+IMPLS = ("jax", "warp", "auto")
+WARP_INSTALL = ("pip install 'ncssm[gpu]' on an NVIDIA machine, or pip install warp-lang==1.18.0 "
+                "(the version mujoco-mjx pins) for Warp's CPU device")
+# MuJoCo Warp's overflow bits (mujoco_warp.OverflowType) that mean a buffer was too small and
+# something was dropped: NEFC and NJMAX_NNZ (constraint rows), BROADPHASE, NARROWPHASE and CCD
+# (contacts). Its solver-iteration bits are not overflows of ours.
+ROWS_OVERFLOW, CONTACTS_OVERFLOW = 0b00011, 0b11100
+
+
+class BufferOverflowError(ValueError):
+    """MJX-Warp dropped contacts or constraint rows: its buffers were sized too small."""
+
+
+def resolve_impl(impl: str, body: str) -> str:
+    """``"jax"`` or ``"warp"`` for ``impl`` (``"auto"``: warp for the rodent and for any body
+    on a CUDA GPU, jax otherwise). Warp without warp-lang installed is one sentence naming
+    the install line."""
+    if impl not in IMPLS:
+        raise ValueError(f"Unknown impl {impl!r}; expected one of {list(IMPLS)}.")
+    if impl == "auto":
+        impl = "warp" if body == "rodent" or _on_cuda() else "jax"
+    if impl == "warp":
+        try:
+            import warp
+        except ImportError:
+            raise ValueError(f"impl 'warp' (MuJoCo Warp, the MJX physics for {body!r} here) needs "
+                             f"warp-lang, which is not installed: {WARP_INSTALL}.") from None
+        warp.config.quiet = True  # no banner and no line per kernel module loaded
+    return impl
+
+
+def _on_cuda() -> bool:
+    try:
+        return jax.devices()[0] in jax.devices("cuda")
+    except RuntimeError:  # no CUDA backend
+        return False
+
+
+def contact_bounds(model) -> tuple[int, int]:
+    """``(contacts, constraint rows)``: the most one world of ``model`` can produce.
+
+    Contacts are MJX's own static bound (every candidate geom pair times the most contacts
+    its collision function emits); a pair that MJX's JAX path cannot collide counts 4. Rows
+    add each contact's friction-pyramid rows to the joint and tendon limits and equalities.
+    """
+    from mujoco.mjx._src import collision_driver, constraint
+    from mujoco.mjx._src.types import Impl
+
+    try:
+        dim = collision_driver.make_condim(model, impl=Impl.JAX)
+    except ValueError:
+        dim = np.array([max(model.geom_condim[g1], model.geom_condim[g2])
+                        for g1, g2, _ in collision_driver.geom_pairs(model) for _ in range(4)],
+                       dtype=int)
+    rows = sum(int(n) for n in constraint.counts(constraint.make_efc_type(model, dim)))
+    return int(dim.size), rows
 
 
 class MJXTrackEnv(Env):
-    """Clip tracking under MJX; the arguments are :class:`~ncssm_env.gym_env.TrackEnv`'s.
+    """Clip tracking under MJX; ``kwargs`` are :class:`~ncssm_env.gym_env.TrackEnv`'s (body,
+    clips, task, physics: contacts, timestep, n_substeps, solver, iterations, ls_iterations).
+
+    ``impl``: ``"jax"``, ``"warp"`` or ``"auto"`` (see the module docstring). ``num_envs``:
+    the most envs one batched call will step (warp sizes its shared contact buffer for them;
+    unused by jax). ``nconmax`` (contacts per env) and ``njmax`` (constraint rows per env)
+    override the buffer sizes taken from the body by :func:`contact_bounds`.
 
     State ``info``: ``rng``, ``slot`` (index into the selected clips), ``t`` (frame),
-    ``episode_steps``, ``prev_action`` (nu,) and ``truncation`` (1 when the episode ended at
-    its clip's end or ``max_episode_steps``). ``metrics``: each tracking error (``err_*``) and
-    reward term (``rew_*``), and each termination cause as 0/1 (``term_*``; all 0 when the
-    episode went on or was truncated).
+    ``episode_steps``, ``prev_action`` (nu,), ``truncation`` (1 when the episode ended at
+    its clip's end or ``max_episode_steps``) and ``overflow`` (warp's buffer-overflow bits of
+    the last step, 0 when none). ``metrics``: each tracking error (``err_*``) and reward term
+    (``rew_*``), each termination cause as 0/1 (``term_*``; all 0 when the episode went on or
+    was truncated), and ``overflow`` (0/1).
     """
 
-    def __init__(self, body: str = "rodent", clip_dir=None, clips=None, K: int = 5, task=None,
-                 contacts: str = "body", timestep: float = 0.002, n_substeps: int = 10,
-                 max_episode_steps: int = MAX_EPISODE_STEPS):
-        cpu = TrackEnv(body=body, clip_dir=clip_dir, clips=clips, K=K, task=task,
-                       contacts=contacts, timestep=timestep, n_substeps=n_substeps)
+    def __init__(self, body: str = "rodent", impl: str = "auto", num_envs: int = 1,
+                 nconmax: int | None = None, njmax: int | None = None,
+                 max_episode_steps: int = MAX_EPISODE_STEPS, **kwargs):
+        for name, v in (("num_envs", num_envs), ("nconmax", nconmax), ("njmax", njmax)):
+            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, np.integer))
+                                  or v < 1):
+                raise ValueError(f"{name} must be an int >= 1, got {v!r}.")
+        self.impl = resolve_impl(impl, body)
+        enable_compilation_cache()
+        cpu = TrackEnv(body=body, **kwargs)
+        m = cpu.model
         try:
-            self.mjx_model = mjx.put_model(cpu.model)
+            self.mjx_model = mjx.put_model(m, impl=self.impl)
+            if self.impl == "warp":
+                bound_con, bound_rows = contact_bounds(m)
+                self.nconmax, self.njmax = nconmax or bound_con, njmax or bound_rows
+                self.num_envs = int(num_envs)
+                data0 = mjx.make_data(m, impl="warp", naconmax=self.nconmax * self.num_envs,
+                                      njmax=self.njmax)
+            else:
+                self.nconmax = self.njmax = self.num_envs = None
+                data0 = mjx.make_data(self.mjx_model)
         except NotImplementedError as err:
-            raise ValueError(f"MJX cannot take body {body!r} with contacts {contacts!r}: "
-                             f"{err}.") from None
-        self.mj_model, self.idx, self.cfg, self.K = cpu.model, cpu.idx, cpu.cfg, K
-        self.n_substeps, self.healthy_z = n_substeps, cpu.healthy_z
+            raise ValueError(f"MJX ({self.impl}) cannot take body {body!r} with contacts "
+                             f"{kwargs.get('contacts', 'body')!r}: {err}.") from None
+        self._data0 = _Template(data0)
+        self.mj_model, self.idx, self.cfg, self.K = m, cpu.idx, cpu.cfg, cpu.K
+        self.n_substeps, self.healthy_z = cpu.n_substeps, cpu.healthy_z
         self.max_episode_steps = max_episode_steps
         self.obs_layout = cpu.obs_layout
         self.clip_ids = cpu.clip_ids
@@ -60,8 +151,21 @@ class MJXTrackEnv(Env):
         self.act, self.ctrl = stack(lambda c: c.act), stack(lambda c: c.ctrl)
         self.ref = _task.Kin(*(stack(lambda c, f=f: getattr(c.ref, f)) for f in _task.Kin._fields))
         self._obs_size = cpu.observation_space.shape[0]
-        self._inv_scales = jnp.asarray(self.cfg.inv_scales)
         cpu.close()
+
+    def overflow_error(self, overflow) -> BufferOverflowError:
+        """The error for the per-env overflow bits ``overflow`` (N,) of a batched step."""
+        overflow = np.asarray(overflow).reshape(-1)
+        envs = np.flatnonzero(overflow).tolist()
+        bits = int(np.bitwise_or.reduce(overflow))
+        what = " and ".join(w for w, mask in (
+            (f"contacts (nconmax {self.nconmax} per env x num_envs {self.num_envs} shared)",
+             CONTACTS_OVERFLOW), (f"constraint rows (njmax {self.njmax} per env)", ROWS_OVERFLOW))
+            if bits & mask)
+        return BufferOverflowError(
+            f"MJX-Warp ran out of room for {what} in env(s) {envs[:8]}"
+            f"{' ...' if len(envs) > 8 else ''}, so the step dropped some; make the env with "
+            f"num_envs of at least the batch it steps, or a larger nconmax / njmax.")
 
     # --- brax Env -----------------------------------------------------------------------
 
@@ -86,7 +190,7 @@ class MJXTrackEnv(Env):
         zero = jnp.zeros(())
         metrics = {f"err_{k}": zero for k in _task.ERRORS} | \
             {f"rew_{k}": zero for k in (*_task.REWARD_TERMS, "ctrl_cost", "smooth_cost")} | \
-            {f"term_{k}": zero for k in _task.TERMINATIONS}
+            {f"term_{k}": zero for k in _task.TERMINATIONS} | {"overflow": zero}
         return State(data, self._obs(data, info), zero, zero, metrics, info)
 
     def step(self, state: State, action: jax.Array) -> State:
@@ -98,8 +202,8 @@ class MJXTrackEnv(Env):
             return mjx.step(m, d), None
 
         stepped = mjx.kinematics(m, jax.lax.scan(substep, data, None, length=self.n_substeps)[0])
-        data = jax.tree.map(lambda a, b: jnp.where(finite_action, a, b), stepped,
-                            state.pipeline_state)
+        data = stepped.where(~finite_action, state.pipeline_state)
+        overflow = self._overflow(data)
         t = info["t"] + finite_action.astype(info["t"].dtype)
         steps = info["episode_steps"] + 1
         cur = self._kin(data)
@@ -113,21 +217,21 @@ class MJXTrackEnv(Env):
         rew = jnp.where(finite, rew, 0.0)
         prev = jnp.where(finite_action, action, info["prev_action"])
         info = {**info, "t": t, "episode_steps": steps, "prev_action": prev,
-                "truncation": (truncated & ~terminated).astype(jnp.float32)}
+                "truncation": (truncated & ~terminated).astype(jnp.float32), "overflow": overflow}
         obs = jnp.where(finite, self._obs(data, info), 0.0)
         metrics = {**state.metrics, **{f"err_{k}": v for k, v in err.items()},
                    **{f"rew_{k}": v for k, v in terms.items()},
-                   **{f"term_{k}": v.astype(jnp.float32) for k, v in causes.items()}}
+                   **{f"term_{k}": v.astype(jnp.float32) for k, v in causes.items()},
+                   "overflow": (overflow > 0).astype(jnp.float32)}
         # (the merge keeps wrappers' keys)
 
         # A finished episode restarts at once on a fresh clip and frame.
         rng, key = jax.random.split(info["rng"])
         new_data, new_info = self._start(key)
-        new_info = {**new_info, "truncation": info["truncation"]}
-        pick = lambda a, b: jnp.where(done, a, b)  # noqa: E731
-        data = jax.tree.map(pick, new_data, data)
+        new_info = {**new_info, "truncation": info["truncation"], "overflow": overflow}
+        data = data.where(done, new_data)
         info = {**info, "rng": rng}  # (wrappers' keys in info pass through untouched)
-        info.update({k: jax.tree.map(pick, v, info[k]) for k, v in new_info.items()})
+        info.update({k: jnp.where(done, v, info[k]) for k, v in new_info.items()})
         obs = jnp.where(done, self._obs(new_data, new_info), obs)
         return State(data, obs, rew, done.astype(jnp.float32), metrics, info)
 
@@ -144,12 +248,19 @@ class MJXTrackEnv(Env):
         noise = jax.random.uniform(k_noise, (nq - 7,), minval=-self.cfg.reset_noise,
                                    maxval=self.cfg.reset_noise)
         qpos = self.qpos[slot, t].at[7:].add(noise)
-        data = mjx.make_data(self.mjx_model).replace(
+        data = self._data0.build().replace(
             qpos=qpos, qvel=self.qvel[slot, t], act=self.act[slot, t], ctrl=self.ctrl[slot, t])
         data = mjx.kinematics(self.mjx_model, data)
         info = {"rng": rng, "slot": slot, "t": t, "episode_steps": jnp.zeros((), jnp.int32),
-                "prev_action": self.ctrl[slot, t], "truncation": jnp.zeros(())}
+                "prev_action": self.ctrl[slot, t], "truncation": jnp.zeros(()),
+                "overflow": jnp.zeros((), jnp.int32)}
         return data, info
+
+    def _overflow(self, d):
+        """Warp's buffer-overflow bits of ``d`` (int32, 0 when none; always 0 under jax)."""
+        if self.impl != "warp":
+            return jnp.zeros((), jnp.int32)
+        return (d._impl.overflow & (ROWS_OVERFLOW | CONTACTS_OVERFLOW)).astype(jnp.int32)
 
     def _kin(self, d) -> _task.Kin:
         return _task.kin(jnp, self.idx, d.qpos, d.qvel, d.xpos, d.xmat.reshape(d.xmat.shape[:-2] + (9,)))
@@ -160,6 +271,25 @@ class MJXTrackEnv(Env):
         ref = _task.Kin(*(f[info["slot"], idx] for f in self.ref))
         return _task.observation(jnp, self._kin(data), ref, info["prev_action"],
                                  self.idx.n_end_effectors).astype(jnp.float32)
+
+
+class _Template:
+    """A fresh ``mjx.Data`` built inside a trace: every large constant-valued array (warp's
+    contact and constraint buffers) is made there by broadcasting, never embedded in the
+    compiled program as a constant; the rest is kept as it is."""
+
+    def __init__(self, data):
+        self.leaves, self.treedef = jax.tree.flatten(data)
+        self.fill = [None] * len(self.leaves)
+        for i, x in enumerate(self.leaves):
+            if isinstance(x, (np.ndarray, jax.Array)) and np.size(x) > 64:
+                a = np.asarray(x)
+                if (a == a.flat[0]).all():
+                    self.fill[i] = (a.shape, a.dtype, a.flat[0].item())
+
+    def build(self):
+        return jax.tree.unflatten(self.treedef, [
+            x if f is None else jnp.full(f[0], f[2], f[1]) for x, f in zip(self.leaves, self.fill)])
 
 
 class _ZeroStepsWhenDone(Wrapper):
@@ -192,10 +322,12 @@ class MJXVectorEnv(gym.vector.VectorEnv):
     """:class:`MJXTrackEnv` behind Gymnasium's ``VectorEnv`` API, numpy in and out.
 
     ``num_envs`` envs run as one jitted ``vmap`` of ``reset`` and ``step`` on the default JAX
-    device. Episodes restart inside the step that ends them (Gymnasium's ``SAME_STEP``
-    autoreset): that step returns the reward and terminated/truncated flags of the final step
-    with the first observation of the new episode. ``info``: ``clip``, ``t`` and the
-    ``metrics`` (each tracking error and reward term), each an (N,) array.
+    device; ``kwargs`` are :class:`MJXTrackEnv`'s (``impl`` among them). Episodes restart
+    inside the step that ends them (Gymnasium's ``SAME_STEP`` autoreset): that step returns
+    the reward and terminated/truncated flags of the final step with the first observation of
+    the new episode. ``info``: ``clip``, ``t`` and the ``metrics`` (each tracking error and
+    reward term), each an (N,) array. A step that overflows MJX-Warp's buffers raises
+    :class:`BufferOverflowError`.
     """
 
     metadata = {"autoreset_mode": gym.vector.AutoresetMode.SAME_STEP, "render_modes": []}
@@ -206,7 +338,7 @@ class MJXVectorEnv(gym.vector.VectorEnv):
         if isinstance(num_envs, bool) or not isinstance(num_envs, (int, np.integer)) or num_envs < 1:
             raise ValueError(f"num_envs must be an int >= 1, got {num_envs!r}.")
         self.num_envs = int(num_envs)
-        self.env = MJXTrackEnv(**kwargs)
+        self.env = MJXTrackEnv(num_envs=self.num_envs, **kwargs)
         D = self.env.observation_size
         lo, hi = self.env.mj_model.actuator_ctrlrange.T.astype(np.float32)
         self.single_observation_space = gym.spaces.Box(-np.inf, np.inf, (D,), np.float32)
@@ -235,6 +367,9 @@ class MJXVectorEnv(gym.vector.VectorEnv):
             raise ValueError(f"Actions have shape {a.shape}; expected ({self.num_envs}, "
                              f"{self.env.action_size}).")
         self._state = s = self._step(self._state, jnp.asarray(a))
+        overflow = np.asarray(s.info["overflow"])
+        if overflow.any():
+            raise self.env.overflow_error(overflow)
         done = np.asarray(s.done) > 0
         truncated = done & (np.asarray(s.info["truncation"]) > 0)
         return (np.asarray(s.obs), np.asarray(s.reward), done & ~truncated, truncated,

@@ -33,9 +33,9 @@ BACKENDS = ("cpu", "mjx", "auto")
 class TrackVectorEnv(VectorEnv):
     """``num_envs`` tracking envs of one body and clip set; see the module docstring.
 
-    Args are :class:`~ncssm_env.gym_env.TrackEnv`'s, plus ``num_envs``, ``max_episode_steps``
-    (truncation, as ``gymnasium.make`` applies to the single env) and ``n_threads`` (physics
-    threads; default ``min(num_envs, os.cpu_count())``).
+    ``kwargs`` are :class:`~ncssm_env.gym_env.TrackEnv`'s (body, clips, task, physics);
+    ``max_episode_steps`` truncates episodes (as ``gymnasium.make`` does the single env's) and
+    ``n_threads`` sets the physics threads (default ``min(num_envs, os.cpu_count())``).
 
     ``reset(options=...)`` takes ``clip`` and ``start`` (an int, or one per env) and
     ``reset_mask`` (bool (N,): reset only these envs). ``step(actions (N, nu))`` returns
@@ -47,18 +47,15 @@ class TrackVectorEnv(VectorEnv):
 
     metadata = {"autoreset_mode": AutoresetMode.NEXT_STEP, "render_modes": []}
 
-    def __init__(self, num_envs: int, body: str = "rodent", clip_dir=None, clips=None, K: int = 5,
-                 task=None, contacts: str = "body", timestep: float = 0.002,
-                 n_substeps: int = 10, max_episode_steps: int | None = MAX_EPISODE_STEPS,
-                 n_threads: int | None = None):
+    def __init__(self, num_envs: int, max_episode_steps: int | None = MAX_EPISODE_STEPS,
+                 n_threads: int | None = None, **kwargs):
         if isinstance(num_envs, bool) or not isinstance(num_envs, (int, np.integer)) or num_envs < 1:
             raise ValueError(f"num_envs must be an int >= 1, got {num_envs!r}.")
         self.num_envs = int(num_envs)
-        self.single = TrackEnv(body=body, clip_dir=clip_dir, clips=clips, K=K, task=task,
-                               contacts=contacts, timestep=timestep, n_substeps=n_substeps)
+        self.single = TrackEnv(**kwargs)
         s = self.single
-        self.model, self.idx, self.cfg, self.K = s.model, s.idx, s.cfg, K
-        self.n_substeps, self.healthy_z = n_substeps, s.healthy_z
+        self.model, self.idx, self.cfg, self.K = s.model, s.idx, s.cfg, s.K
+        self.n_substeps, self.healthy_z = s.n_substeps, s.healthy_z
         self.max_episode_steps = max_episode_steps
         self.obs_layout = s.obs_layout
         self.single_observation_space = s.observation_space

@@ -209,7 +209,9 @@ def _syllable_table(store, clip_ids, lengths, syllable_key: str = "syllables") -
 def evaluate(ckpt_dir: str | Path, num_envs: int = 4, episodes: int = 8, backend: str = "cpu",
              clips=None, clip_dir=None, body: str | None = None, seed: int = 0,
              max_steps: int | None = None, which: str = "best", record: bool = False,
-             progress: bool = False, context: int = 50, horizon: int = 50) -> EvalResult:
+             progress: bool = False, context: int = 50, horizon: int = 50, impl: str = "auto",
+             solver: str | None = None, iterations: int | None = None,
+             ls_iterations: int | None = None) -> EvalResult:
     """Evaluate the policy in ``ckpt_dir`` (a run folder or its checkpoints, or a
     :class:`~ncssm_policies.checkpoint.LoadedPolicy`).
 
@@ -220,7 +222,9 @@ def evaluate(ckpt_dir: str | Path, num_envs: int = 4, episodes: int = 8, backend
 
     ``clip_dir`` (None: the clips the policy trained on) and ``clips`` (indices) pick the
     reference clips; with neither given, the training run's held-out (val) clips. ``body``
-    defaults to the clips' body.
+    defaults to the clips' body. ``impl`` is the MJX backend's physics (``"jax"``, ``"warp"``
+    or ``"auto"``; see :mod:`ncssm_env.mjx_env`); ``solver``, ``iterations`` and
+    ``ls_iterations`` set the constraint solver on either backend (None: the arena's).
     """
     from ncssm_data import ClipStore
     from ncssm_policies.checkpoint import LoadedPolicy, load_policy
@@ -259,26 +263,30 @@ def evaluate(ckpt_dir: str | Path, num_envs: int = 4, episodes: int = 8, backend
             from tqdm.auto import tqdm
 
             bar = tqdm(total=episodes, desc=f"{backend} episodes", unit="ep")
+        physics = dict(solver=solver, iterations=iterations, ls_iterations=ls_iterations)
+        if backend == "mjx":
+            physics["impl"] = impl
         try:
             run = _run_cpu if backend == "cpu" else _run_mjx
             res = run(pol, mode, ckpt_dir, store, body, clip_dir, clips, num_envs, quota, seed,
-                      max_steps, record, bar)
+                      max_steps, record, bar, physics)
         finally:
             if bar is not None:
                 bar.close()
-    res.summary.update(mode=mode, body=body, backend=backend, checkpoint=str(pol.path))
+    res.summary.update(mode=mode, body=body, backend=backend, checkpoint=str(pol.path),
+                       **{k: v for k, v in physics.items() if v is not None and k != "impl"})
     return res
 
 
 def _run_cpu(pol, mode, where, store, body, clip_dir, clips, num_envs, quota, seed, max_steps,
-             record, bar) -> EvalResult:
+             record, bar, physics) -> EvalResult:
     import jax
 
     from ncssm_env import task as _task
     from ncssm_env.vector import TrackVectorEnv
 
     env = TrackVectorEnv(num_envs, body=body, clip_dir=clip_dir, clips=clips,
-                         max_episode_steps=max_steps)
+                         max_episode_steps=max_steps, **physics)
     try:
         nu, layout = env.model.nu, env.obs_layout
         _check_fits(pol, mode, layout, env.single_observation_space.shape[0], nu, body, where)
@@ -314,52 +322,75 @@ def _run_cpu(pol, mode, where, store, body, clip_dir, clips, num_envs, quota, se
         env.close()
 
 
-def _run_mjx(pol, mode, where, store, body, clip_dir, clips, num_envs, quota, seed, max_steps,
-             record, bar) -> EvalResult:
+def policy_env_scan(pol, mode: str, env, syllables, length: int, record: bool = False):
+    """``chunk(state, carry, fresh) -> ((state, carry, fresh), out)``: ``length`` control steps
+    of the policy and the vmapped MJX env ``env`` in one ``lax.scan`` (jit it). ``state`` is
+    the batched env state (N envs), ``carry`` the policy's, ``fresh`` (N,) marks envs whose
+    observation starts an episode; ``syllables`` (n_clips, T) int32. ``out`` holds (length, N)
+    arrays: ``done``, ``slot``, ``t``, ``reward``, ``cause`` (1 + the index of the first
+    termination cause, 0 for none), ``overflow`` and every ``err_*`` and ``rew_*`` metric, and
+    when ``record`` the ``qpos`` before each action, ``ref_qpos`` and ``ctrl``."""
     import jax
     import jax.numpy as jnp
 
     from ncssm_env import task as _task
-    from ncssm_env.mjx_env import MJXTrackEnv
 
-    env = MJXTrackEnv(body=body, clip_dir=clip_dir, clips=clips,
-                      max_episode_steps=max_steps or 2**30)
     lo, hi = env.mj_model.actuator_ctrlrange.T.astype(np.float32)
-    _check_fits(pol, mode, env.obs_layout, env.observation_size, env.action_size, body, where)
-    lengths = np.asarray(env.lengths)
-    syl = jnp.asarray(_syllable_table(store, env.clip_ids, lengths, pol.config.syllable_key)
-                      if mode == "syllable_state_intention" else np.zeros((len(lengths), 1), np.int32))
     act = _act_fn(pol, mode, env.obs_layout, lo, hi)
     step = jax.vmap(env.step)
     names = _task.TERMINATIONS
 
-    @jax.jit
     def chunk(state, carry, fresh):
         def body_fn(c, _):
             state, carry, fresh = c
             slot, t = state.info["slot"], state.info["t"]
-            carry, a = act(carry, fresh, state.obs, syl[slot, jnp.minimum(t, syl.shape[1] - 1)])
+            carry, a = act(carry, fresh, state.obs,
+                           syllables[slot, jnp.minimum(t, syllables.shape[1] - 1)])
             nxt = step(state, a)
             done = nxt.done > 0
             code = jnp.zeros(done.shape, jnp.int32)
             for k, name in reversed(list(enumerate(names))):  # the first cause set wins
                 code = jnp.where(nxt.metrics[f"term_{name}"] > 0, k + 1, code)
             out = {"done": done, "slot": slot, "t": t, "reward": nxt.reward,
-                   "cause": jnp.where(done, code, 0),
+                   "cause": jnp.where(done, code, 0), "overflow": nxt.info["overflow"],
                    **{k: v for k, v in nxt.metrics.items() if k.startswith(("err_", "rew_"))}}
             if record:
                 out.update(qpos=state.pipeline_state.qpos, ref_qpos=env.qpos[slot, t], ctrl=a)
             return (nxt, carry, done), out
 
-        return jax.lax.scan(body_fn, (state, carry, fresh), None, length=MJX_CHUNK)
+        return jax.lax.scan(body_fn, (state, carry, fresh), None, length=length)
 
-    eps = _Episodes(quota, env.clip_ids, lengths, names, record, bar)
+    return chunk
+
+
+def _run_mjx(pol, mode, where, store, body, clip_dir, clips, num_envs, quota, seed, max_steps,
+             record, bar, physics) -> EvalResult:
+    import jax
+    import jax.numpy as jnp
+
+    from ncssm_env import task as _task
+    from ncssm_env.mjx_env import MJXTrackEnv
+
+    env = MJXTrackEnv(body=body, clip_dir=clip_dir, clips=clips, num_envs=num_envs,
+                      max_episode_steps=max_steps or 2**30, **physics)
+    _check_fits(pol, mode, env.obs_layout, env.observation_size, env.action_size, body, where)
+    lengths = np.asarray(env.lengths)
+    syl = jnp.asarray(_syllable_table(store, env.clip_ids, lengths, pol.config.syllable_key)
+                      if mode == "syllable_state_intention" else np.zeros((len(lengths), 1), np.int32))
+    chunk = jax.jit(policy_env_scan(pol, mode, env, syl, MJX_CHUNK, record))
+    eps = _Episodes(quota, env.clip_ids, lengths, _task.TERMINATIONS, record, bar)
     state = jax.jit(jax.vmap(env.reset))(jax.random.split(jax.random.PRNGKey(seed), num_envs))
     c = (state, pol.model.initialize_carry(num_envs), jnp.ones(num_envs, bool))
     while not eps.full:
         c, out = chunk(*c)
-        eps.add(jax.device_get(out))
-    return eps.result()
+        out = jax.device_get(out)
+        overflow = out.pop("overflow")
+        if overflow.any():
+            raise env.overflow_error(overflow.max(axis=0))
+        eps.add(out)
+    res = eps.result()
+    res.summary["impl"] = env.impl
+    return res
 
 
 # ----------------------------------------------------------------------------------------------
@@ -390,7 +421,9 @@ class RolloutConfig:
     checkpoints (a glob picks the newest match: by default the newest quickstart run);
     ``which``: ``best`` or ``latest``. ``clip_dir`` (None: the clips it trained on) and ``clips`` (None: the held-out
     clips, or all of ``clip_dir``) pick the references. ``num_envs``, ``episodes``, ``backend``
-    (``cpu``, ``mjx``, ``auto``), ``max_steps`` and ``seed`` are :func:`evaluate`'s.
+    (``cpu``, ``mjx``, ``auto``), ``impl`` (the MJX physics: ``jax``, ``warp``, ``auto``),
+    ``solver``, ``iterations``, ``ls_iterations``, ``max_steps`` and ``seed`` are
+    :func:`evaluate`'s.
     ``out_dir`` (None: ``<run folder>/rollout``) receives ``summary.json``, ``rollouts.h5``
     (``save_rollouts``) and ``episode.mp4`` (``video``: episode ``video_episode``, reference
     left, policy right, each ``width`` x ``height``). ``context`` and ``horizon``: the open-loop
@@ -404,6 +437,10 @@ class RolloutConfig:
     num_envs: int = 8
     episodes: int = 16
     backend: str = "cpu"
+    impl: str = "auto"
+    solver: str | None = None
+    iterations: int | None = None
+    ls_iterations: int | None = None
     max_steps: int | None = None
     seed: int = 0
     out_dir: str | None = None
@@ -458,7 +495,8 @@ def rollout(cfg: RolloutConfig, progress: bool = True) -> tuple[EvalResult, dict
     res = evaluate(ckpt, num_envs=cfg.num_envs, episodes=cfg.episodes, backend=cfg.backend,
                    clips=cfg.clips, clip_dir=cfg.clip_dir, seed=cfg.seed,
                    max_steps=cfg.max_steps, which=cfg.which, record=cfg.save_rollouts or cfg.video,
-                   progress=progress, context=cfg.context, horizon=cfg.horizon)
+                   progress=progress, context=cfg.context, horizon=cfg.horizon, impl=cfg.impl,
+                   solver=cfg.solver, iterations=cfg.iterations, ls_iterations=cfg.ls_iterations)
     res.summary["evaluate_s"] = round(time.perf_counter() - t0, 1)
     out = Path(cfg.out_dir) if cfg.out_dir else _run_folder(ckpt) / "rollout"
     out.mkdir(parents=True, exist_ok=True)

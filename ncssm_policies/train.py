@@ -345,8 +345,10 @@ def _run(cfg, run_dir, ckpt_root, root, train_ds, val_ds, dims, resume, saved, p
     import jax
     from tqdm.auto import tqdm
 
+    from ncssm_env.jax_cache import enable_compilation_cache
     from ncssm_policies import checkpoint as ckpt
 
+    enable_compilation_cache()  # a second run of the same shapes loads its compiled step
     model = build_model(cfg, dims)
     total = cfg.epochs * cfg.iters_per_epoch
     tx, lr_schedule = make_optimizer(cfg, total)

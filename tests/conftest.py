@@ -4,6 +4,9 @@ import os
 import tempfile
 
 os.environ.setdefault("MUJOCO_GL", "egl")  # headless rendering; must precede importing mujoco
+# One JAX compilation cache for every test session on this machine (the library turns it on
+# for the MJX env and training; its default folder would be the session's fresh clip cache).
+os.environ.setdefault("NCSSM_JAX_CACHE", os.path.join(tempfile.gettempdir(), "ncssm-jax-cache"))
 
 import pytest  # noqa: E402
 
@@ -22,14 +25,13 @@ def _isolated_cache(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def jax_cache():
-    """JAX with a persistent compilation cache shared by the session's MJX tests."""
+    """JAX with the persistent compilation cache on (``$NCSSM_JAX_CACHE``), shared by the
+    session's MJX tests."""
     import jax
 
-    jax.config.update(
-        "jax_compilation_cache_dir",
-        os.environ.get("NCSSM_JAX_CACHE", os.path.join(tempfile.gettempdir(), "ncssm-jax-cache")),
-    )
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+    from ncssm_env.jax_cache import enable_compilation_cache
+
+    enable_compilation_cache()
     return jax
 
 

@@ -122,3 +122,23 @@ def test_xml_ships_in_the_wheel(tmp_path):
     (wheel,) = tmp_path.glob("ncssm-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     assert "ncssm_env/xml/arena.xml" in names and "ncssm_env/xml/test_body.xml" in names
+
+
+def test_solver_settings(test_clips):
+    from ncssm_env.gym_env import TrackEnv
+
+    default = build_model("test")
+    assert (default.opt.solver, default.opt.iterations, default.opt.ls_iterations) == (
+        mujoco.mjtSolver.mjSOL_NEWTON, 50, 20)  # the arena's, which the clips were made with
+    m = build_model("test", solver="cg", iterations=5, ls_iterations=5)
+    assert (m.opt.solver, m.opt.iterations, m.opt.ls_iterations) == (
+        mujoco.mjtSolver.mjSOL_CG, 5, 5)
+    env = TrackEnv(body="test", clip_dir=test_clips, solver="cg", iterations=5, ls_iterations=4)
+    assert (env.model.opt.solver, env.model.opt.iterations, env.model.opt.ls_iterations) == (
+        mujoco.mjtSolver.mjSOL_CG, 5, 4)
+    with pytest.raises(ValueError, match="Unknown solver 'pgs'; expected one of"):
+        build_model("test", solver="pgs")
+    with pytest.raises(ValueError, match="iterations must be an int >= 1 or None"):
+        build_model("test", iterations=0)
+    with pytest.raises(ValueError, match="ls_iterations must be an int >= 1 or None"):
+        build_model("test", ls_iterations=2.5)

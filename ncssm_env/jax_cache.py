@@ -1,0 +1,37 @@
+"""JAX's persistent compilation cache, on by default for the MJX env and the training step.
+
+A compiled program is stored on disk under its HLO, so a second run of the same shapes loads
+it instead of compiling again (the rodent's MJX step, the training step).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+CACHE_ENV = "NCSSM_JAX_CACHE"
+
+
+def enable_compilation_cache() -> Path | None:
+    """Turn on JAX's persistent compilation cache; returns its folder, or None when off.
+
+    The folder is ``$NCSSM_JAX_CACHE``, else ``jax/`` in the clip cache (``$NCSSM_CACHE``, else
+    ``~/.cache/ncssm``). ``NCSSM_JAX_CACHE=off`` turns it off. A cache folder already set
+    (``jax.config.jax_compilation_cache_dir`` or ``JAX_COMPILATION_CACHE_DIR``) is left as it
+    is. Programs that compile in under a second are not stored.
+    """
+    import jax
+
+    from ncssm_env.synthetic import cache_dir
+
+    setting = os.environ.get(CACHE_ENV, "")
+    if setting.lower() in ("off", "0", "false", "no"):
+        return None
+    current = jax.config.jax_compilation_cache_dir
+    if current:
+        return Path(current)
+    path = Path(setting) if setting else cache_dir() / "jax"
+    path.mkdir(parents=True, exist_ok=True)
+    jax.config.update("jax_compilation_cache_dir", str(path))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+    return path
