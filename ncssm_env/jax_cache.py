@@ -12,6 +12,16 @@ from pathlib import Path
 CACHE_ENV = "NCSSM_JAX_CACHE"
 
 
+def cache_path() -> Path | None:
+    """The cache folder ``enable_compilation_cache`` uses (None: turned off); see there."""
+    from ncssm_env.synthetic import cache_dir
+
+    setting = os.environ.get(CACHE_ENV, "")
+    if setting.lower() in ("off", "0", "false", "no"):
+        return None
+    return Path(setting).expanduser() if setting else cache_dir() / "jax"
+
+
 def enable_compilation_cache() -> Path | None:
     """Turn on JAX's persistent compilation cache; returns its folder, or None when off.
 
@@ -22,15 +32,12 @@ def enable_compilation_cache() -> Path | None:
     """
     import jax
 
-    from ncssm_env.synthetic import cache_dir
-
-    setting = os.environ.get(CACHE_ENV, "")
-    if setting.lower() in ("off", "0", "false", "no"):
+    path = cache_path()
+    if path is None:
         return None
     current = jax.config.jax_compilation_cache_dir
     if current:
         return Path(current)
-    path = Path(setting) if setting else cache_dir() / "jax"
     path.mkdir(parents=True, exist_ok=True)
     jax.config.update("jax_compilation_cache_dir", str(path))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)

@@ -199,3 +199,19 @@ def test_rodent_warp_restarts_a_finished_episode_inside_step(rodent_warp, rodent
     np.testing.assert_array_equal(np.asarray(state.info["t"][:3]), [13, 63, 203])
     state = step(state, jnp.asarray(_replay_actions(env, state, 3)))  # and it steps on
     assert not np.asarray(state.done).any() and int(state.info["episode_steps"][3]) == 1
+
+
+def test_the_compilation_cache_is_on_in_the_users_cache_folder(mjx_env, monkeypatch, tmp_path):
+    import os
+
+    import jax
+
+    from ncssm_env.jax_cache import CACHE_ENV, cache_path
+
+    # Making the MJX env turned it on, in $NCSSM_JAX_CACHE (the tests' shared folder).
+    assert jax.config.jax_compilation_cache_dir == os.environ[CACHE_ENV]
+    monkeypatch.delenv(CACHE_ENV)
+    monkeypatch.setenv("NCSSM_CACHE", str(tmp_path))
+    assert cache_path() == tmp_path / "jax"  # the default: beside the built-in clips
+    monkeypatch.setenv(CACHE_ENV, "off")
+    assert cache_path() is None

@@ -67,11 +67,13 @@ def test_evaluate_records_and_is_reproducible(sa_run):
     assert set(a.episodes["clip"]) <= set(val)
 
 
-def test_evaluate_mjx_in_one_scan(sa_run, jax_cache):
+@pytest.mark.parametrize("impl, solver", [("jax", {}), ("warp", {"iterations": 5, "ls_iterations": 5})])
+def test_evaluate_mjx_in_one_scan(sa_run, jax_cache, impl, solver):
     res = evaluate(sa_run, num_envs=4, episodes=6, backend="mjx", seed=3, record=True,
-                   clips=[0, 1, 2])
+                   clips=[0, 1, 2], impl=impl, **solver)
     check_result(res, 6, record=True)
-    assert res.summary["backend"] == "mjx"
+    assert res.summary["backend"] == "mjx" and res.summary["impl"] == impl
+    assert {k: res.summary[k] for k in solver} == solver
 
 
 def test_nan_actions_end_their_episodes(sa_run):
