@@ -29,11 +29,15 @@ def enable_compilation_cache() -> Path | None:
     ``~/.cache/ncssm``). ``NCSSM_JAX_CACHE=off`` turns it off. A cache folder already set
     (``jax.config.jax_compilation_cache_dir`` or ``JAX_COMPILATION_CACHE_DIR``) is left as it
     is. Programs that compile in under a second are not stored.
+
+    On a CPU-only JAX it is on only when ``$NCSSM_JAX_CACHE`` names a folder: jaxlib 0.9 logs
+    three lines per program it loads from the cache there, one of them a false warning of
+    SIGILL, and CPU compiles here take seconds, not minutes.
     """
     import jax
 
     path = cache_path()
-    if path is None:
+    if path is None or (not os.environ.get(CACHE_ENV) and jax.default_backend() == "cpu"):
         return None
     current = jax.config.jax_compilation_cache_dir
     if current:
