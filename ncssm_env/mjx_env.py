@@ -62,7 +62,7 @@ def resolve_impl(impl: str, body: str) -> str:
         except ImportError:
             raise ValueError(f"impl 'warp' (MuJoCo Warp, the MJX physics for {body!r} here) needs "
                              f"warp-lang, which is not installed: {WARP_INSTALL}.") from None
-        warp.config.quiet = True  # no banner and no line per kernel module loaded
+        warp.config.log_level = warp.LOG_WARNING  # no banner, no line per kernel module loaded
     return impl
 
 
