@@ -28,6 +28,7 @@ from ncssm_env import task as _task
 from ncssm_env.gym_env import TrackEnv, start_state
 
 BACKENDS = ("cpu", "mjx", "auto")
+MJX_ONLY = ("impl", "nconmax", "njmax")  # make_vec settings only the MJX backend takes
 
 
 class TrackVectorEnv(VectorEnv):
@@ -204,12 +205,15 @@ def make_vector_env(num_envs: int = 1, backend: str = "cpu", **kwargs) -> Vector
     """The ``vector_entry_point`` of ``NCSSM-Track-v0``.
 
     ``backend``: ``"cpu"`` gives :class:`TrackVectorEnv`; ``"mjx"`` gives
-    :class:`ncssm_env.mjx_env.MJXVectorEnv`; ``"auto"`` picks MJX when JAX's default device
-    is an accelerator and the CPU env otherwise (compiling the rodent under MJX on a CPU takes
-    many minutes and gigabytes)."""
+    :class:`ncssm_env.mjx_env.MJXVectorEnv` (which also takes ``impl``, ``nconmax`` and
+    ``njmax``); ``"auto"`` picks MJX when JAX's default device is an accelerator and the CPU
+    env otherwise (compiling the rodent under MJX on a CPU takes minutes), and drops the
+    settings of the backend it did not pick."""
     if backend not in BACKENDS:
         raise ValueError(f"Unknown backend {backend!r}; expected one of {list(BACKENDS)}.")
-    if backend == "auto":
+    mjx_only = {k: kwargs.pop(k) for k in MJX_ONLY if k in kwargs}
+    auto = backend == "auto"
+    if auto:
         import jax
 
         backend = "cpu" if jax.default_backend() == "cpu" else "mjx"
@@ -217,5 +221,7 @@ def make_vector_env(num_envs: int = 1, backend: str = "cpu", **kwargs) -> Vector
         from ncssm_env.mjx_env import MJXVectorEnv
 
         kwargs.pop("n_threads", None)
-        return MJXVectorEnv(num_envs, **kwargs)
+        return MJXVectorEnv(num_envs, **mjx_only, **kwargs)
+    if mjx_only and not auto:
+        raise ValueError(f"{sorted(mjx_only)} are settings of backend 'mjx', not 'cpu'.")
     return TrackVectorEnv(num_envs, **kwargs)

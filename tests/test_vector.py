@@ -143,3 +143,14 @@ def test_auto_backend_is_the_cpu_env_without_an_accelerator(test_clips):
                        backend="auto")
     want = TrackVectorEnv if jax.default_backend() == "cpu" else object
     assert isinstance(env, want)
+
+
+def test_mjx_settings_on_the_cpu_backend(test_clips):
+    with pytest.raises(ValueError, match=r"\['impl'\] are settings of backend 'mjx', not 'cpu'"):
+        gym.make_vec("NCSSM-Track-v0", num_envs=2, body="test", clip_dir=test_clips, impl="warp")
+    import jax
+
+    if jax.default_backend() == "cpu":  # 'auto' picked the CPU env and dropped them
+        env = gym.make_vec("NCSSM-Track-v0", num_envs=2, body="test", clip_dir=test_clips,
+                           backend="auto", impl="warp")
+        assert isinstance(env, TrackVectorEnv)
