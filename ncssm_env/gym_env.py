@@ -39,6 +39,35 @@ class Clip:
         return self.qpos.shape[0]
 
 
+@dataclass(frozen=True)
+class ClipStack:
+    """Clips stacked and edge-padded to the longest one (T frames) for batched envs.
+
+    lengths (n,); qpos (n, T, nq), qvel (n, T, nv), act (n, T, na), ctrl (n, T, nu); ``ref``
+    a :class:`task.Kin` whose fields have leading (n, T).
+    """
+
+    lengths: np.ndarray
+    qpos: np.ndarray
+    qvel: np.ndarray
+    act: np.ndarray
+    ctrl: np.ndarray
+    ref: _task.Kin
+
+
+def stack_clips(clips: Sequence[Clip]) -> ClipStack:
+    """One :class:`ClipStack` of ``clips``; a clip shorter than the longest repeats its last
+    frame (the envs never step past a clip's own end)."""
+    T = max(c.length for c in clips)
+
+    def stack(arrays):
+        return np.stack([np.concatenate([a, np.repeat(a[-1:], T - len(a), 0)]) for a in arrays])
+
+    return ClipStack(np.array([c.length for c in clips]),
+                     *(stack([getattr(c, f) for c in clips]) for f in ("qpos", "qvel", "act", "ctrl")),
+                     _task.Kin(*(stack([getattr(c.ref, f) for c in clips]) for f in _task.Kin._fields)))
+
+
 def clip_kinematics(model: mujoco.MjModel, idx: BodyIndex, qpos: np.ndarray, qvel: np.ndarray):
     """Forward kinematics of every frame: a :class:`~ncssm_env.task.Kin` with fields (T, ...)."""
     data = mujoco.MjData(model)
@@ -92,8 +121,9 @@ class TrackEnv(gym.Env):
         render_mode: ``None`` or ``"rgb_array"``; ``width``/``height`` size the frame.
 
     Observation: float32 ``(D_obs,)`` named by ``obs_layout``. Action: float32 ``(nu,)`` in the
-    actuators' ctrl ranges. ``info`` carries the clip, frame, each reward term, each error and
-    each termination cause.
+    actuators' ctrl ranges. ``info`` carries the clip, the frame and ``metrics``: each error
+    (``err_*``), reward term (``rew_*``) and termination cause (``term_*``, 0 or 1), the
+    schema :data:`ncssm_env.task.METRICS` that every env shares.
     """
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 50}
@@ -251,13 +281,8 @@ class TrackEnv(gym.Env):
         rew = rew if finite else 0.0  # termination() already marks the "nan" cause
         truncated = self._t >= self._clip.length - 1
         self._prev_action = a if finite_action else self._prev_action
-        info = {
-            "clip": self._clip_id,
-            "t": self._t,
-            "reward_terms": {k: float(v) for k, v in terms.items()},
-            "errors": {k: float(v) for k, v in err.items()},
-            "termination": {k: bool(v) for k, v in causes.items()},
-        }
+        info = {"clip": self._clip_id, "t": self._t,
+                "metrics": {k: float(v) for k, v in _task.metrics(np, err, terms, causes).items()}}
         obs = self._obs(cur) if finite else np.zeros(self.observation_space.shape, np.float32)
         return obs, float(rew), bool(terminated), bool(truncated), info
 

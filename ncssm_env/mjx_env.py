@@ -32,7 +32,7 @@ from mujoco import mjx
 
 from ncssm_env import MAX_EPISODE_STEPS
 from ncssm_env import task as _task
-from ncssm_env.gym_env import TrackEnv
+from ncssm_env.gym_env import TrackEnv, stack_clips
 from ncssm_env.jax_cache import enable_compilation_cache
 
 IMPLS = ("jax", "warp", "auto")
@@ -144,15 +144,10 @@ class MJXTrackEnv(Env):
         self.max_episode_steps = max_episode_steps
         self.obs_layout = cpu.obs_layout
         self.clip_ids = cpu.clip_ids
-        loaded = [cpu.clip(int(i)) for i in self.clip_ids]
-        lengths = np.array([c.length for c in loaded])
-        T = int(lengths.max())
-        pad = lambda a: np.concatenate([a, np.repeat(a[-1:], T - len(a), 0)])  # noqa: E731
-        stack = lambda get: jnp.asarray(np.stack([pad(get(c)) for c in loaded]))  # noqa: E731
-        self.lengths = jnp.asarray(lengths)
-        self.qpos, self.qvel = stack(lambda c: c.qpos), stack(lambda c: c.qvel)
-        self.act, self.ctrl = stack(lambda c: c.act), stack(lambda c: c.ctrl)
-        self.ref = _task.Kin(*(stack(lambda c, f=f: getattr(c.ref, f)) for f in _task.Kin._fields))
+        clips = stack_clips([cpu.clip(int(i)) for i in self.clip_ids])  # on the device:
+        self.lengths, self.qpos, self.qvel, self.act, self.ctrl = (
+            jnp.asarray(a) for a in (clips.lengths, clips.qpos, clips.qvel, clips.act, clips.ctrl))
+        self.ref = _task.Kin(*(jnp.asarray(a) for a in clips.ref))
         self._obs_size = cpu.observation_space.shape[0]
         cpu.close()
 
@@ -191,9 +186,7 @@ class MJXTrackEnv(Env):
         """:meth:`reset` at a given clip slot and frame (None: drawn from ``rng``)."""
         data, info = self._start(rng, slot, t)
         zero = jnp.zeros(())
-        metrics = {f"err_{k}": zero for k in _task.ERRORS} | \
-            {f"rew_{k}": zero for k in (*_task.REWARD_TERMS, "ctrl_cost", "smooth_cost")} | \
-            {f"term_{k}": zero for k in _task.TERMINATIONS} | {"overflow": zero}
+        metrics = {k: zero for k in (*_task.METRICS, "overflow")}
         return State(data, self._obs(data, info), zero, zero, metrics, info)
 
     def step(self, state: State, action: jax.Array) -> State:
@@ -222,9 +215,7 @@ class MJXTrackEnv(Env):
         info = {**info, "t": t, "episode_steps": steps, "prev_action": prev,
                 "truncation": (truncated & ~terminated).astype(jnp.float32), "overflow": overflow}
         obs = jnp.where(finite, self._obs(data, info), 0.0)
-        metrics = {**state.metrics, **{f"err_{k}": v for k, v in err.items()},
-                   **{f"rew_{k}": v for k, v in terms.items()},
-                   **{f"term_{k}": v.astype(jnp.float32) for k, v in causes.items()},
+        metrics = {**state.metrics, **_task.metrics(jnp, err, terms, causes),
                    "overflow": (overflow > 0).astype(jnp.float32)}
         # (the merge keeps wrappers' keys)
 

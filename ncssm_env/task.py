@@ -19,8 +19,13 @@ import numpy as np
 from ncssm_env.body import BodyIndex
 
 REWARD_TERMS = ("root_pos", "root_rot", "joints", "end_effectors")
+COSTS = ("ctrl_cost", "smooth_cost")
 ERRORS = ("root_pos", "root_rot", "joints", "end_effectors", "bodies")
 TERMINATIONS = ("too_far", "bad_pose", "bad_orientation", "bad_height", "nan")
+# The one metric schema of every env (MuJoCo C, its vector form, MJX): each error, reward term
+# and cost, and each termination cause as 0/1.
+METRICS = (*(f"err_{k}" for k in ERRORS), *(f"rew_{k}" for k in (*REWARD_TERMS, *COSTS)),
+           *(f"term_{k}" for k in TERMINATIONS))
 
 
 @dataclass(frozen=True)
@@ -259,9 +264,10 @@ def reward(xp, cfg: TaskConfig, err: dict, action, prev_action):
     e = xp.stack([err[name] for name in REWARD_TERMS], axis=-1) * cfg.inv_scales
     exp_terms = xp.exp(-(e**2))  # (..., 4)
     terms = {name: exp_terms[..., i] for i, name in enumerate(REWARD_TERMS)}
-    terms["ctrl_cost"] = cfg.ctrl_cost * _mean(xp, action**2)
-    terms["smooth_cost"] = cfg.smooth_cost * _mean(xp, (action - prev_action) ** 2)
-    return exp_terms @ cfg.weights - terms["ctrl_cost"] - terms["smooth_cost"], terms
+    ctrl, smooth = COSTS
+    terms[ctrl] = cfg.ctrl_cost * _mean(xp, action**2)
+    terms[smooth] = cfg.smooth_cost * _mean(xp, (action - prev_action) ** 2)
+    return exp_terms @ cfg.weights - terms[ctrl] - terms[smooth], terms
 
 
 def termination(xp, cfg: TaskConfig, err: dict, cur: Kin, healthy_z, finite):
@@ -284,3 +290,19 @@ def termination(xp, cfg: TaskConfig, err: dict, cur: Kin, healthy_z, finite):
     for name in TERMINATIONS[:-1]:
         terminated = terminated | causes[name]
     return terminated, causes
+
+
+def metrics(xp, err: dict, terms: dict, causes: dict) -> dict:
+    """The :data:`METRICS` of one step from :func:`errors`, :func:`reward`'s terms and
+    :func:`termination`'s causes: ``err_*``, ``rew_*`` and ``term_*`` (0.0 or 1.0), each (...)."""
+    return {**{f"err_{k}": err[k] for k in ERRORS},
+            **{f"rew_{k}": terms[k] for k in (*REWARD_TERMS, *COSTS)},
+            **{f"term_{k}": xp.asarray(causes[k], dtype=xp.float32) for k in TERMINATIONS}}
+
+
+def cause_code(xp, metrics: dict):
+    """1 + the index in :data:`TERMINATIONS` of the first cause set in ``metrics``, 0 for none."""
+    code = xp.zeros(xp.shape(metrics[f"term_{TERMINATIONS[0]}"]), dtype=xp.int32)
+    for k in reversed(range(len(TERMINATIONS))):  # the first cause set wins
+        code = xp.where(metrics[f"term_{TERMINATIONS[k]}"] > 0, k + 1, code)
+    return code

@@ -25,7 +25,7 @@ from gymnasium.vector.utils import batch_space
 
 from ncssm_env import MAX_EPISODE_STEPS
 from ncssm_env import task as _task
-from ncssm_env.gym_env import TrackEnv, start_state
+from ncssm_env.gym_env import TrackEnv, stack_clips, start_state
 
 BACKENDS = ("cpu", "mjx", "auto")
 MJX_ONLY = ("impl", "nconmax", "njmax")  # make_vec settings only the MJX backend takes
@@ -41,8 +41,8 @@ class TrackVectorEnv(VectorEnv):
     ``reset(options=...)`` takes ``clip`` and ``start`` (an int, or one per env) and
     ``reset_mask`` (bool (N,): reset only these envs). ``step(actions (N, nu))`` returns
     ``obs (N, D_obs)`` float32, ``rewards (N,)``, ``terminated (N,)``, ``truncated (N,)`` and
-    ``info`` with ``clip``, ``t`` (N,) and the dicts ``reward_terms``, ``errors``,
-    ``termination`` of (N,) arrays. A non-finite action terminates its env (cause ``nan``)
+    ``info`` with ``clip``, ``t`` and ``metrics`` (the schema :data:`ncssm_env.task.METRICS`),
+    each an (N,) array. A non-finite action terminates its env (cause ``nan``)
     without stepping its physics, as in the single env.
     """
 
@@ -65,15 +65,11 @@ class TrackVectorEnv(VectorEnv):
         self.action_space = batch_space(s.action_space, self.num_envs)
         self.datas = [mujoco.MjData(self.model) for _ in range(self.num_envs)]
 
-        # Every selectable clip's reference, stacked and edge-padded to the longest clip.
+        # Every selectable clip, stacked and edge-padded to the longest clip.
         self.clip_ids = s.clip_ids
-        loaded = [s.clip(int(i)) for i in self.clip_ids]
-        self.lengths = np.array([c.length for c in loaded])
-        T = int(self.lengths.max())
-        pad = lambda a: np.concatenate([a, np.repeat(a[-1:], T - len(a), 0)])  # noqa: E731
-        self.ref = _task.Kin(*(np.stack([pad(getattr(c.ref, f)) for c in loaded])
-                               for f in _task.Kin._fields))
-        self._clips = loaded
+        self._clips = [s.clip(int(i)) for i in self.clip_ids]
+        self.clips = stack_clips(self._clips)
+        self.lengths, self.ref = self.clips.lengths, self.clips.ref
 
         n = self.num_envs
         self.slot = np.zeros(n, np.int64)  # index into clip_ids
@@ -136,11 +132,9 @@ class TrackVectorEnv(VectorEnv):
         self.prev_action[upd] = a[upd]
         obs = self._observe(cur, finite)
         self._autoreset = terminated | truncated
-        info = {
-            "clip": self.clip_ids[self.slot].copy(), "t": self.t.copy(),
-            "reward_terms": terms, "errors": err,
-            "termination": {k: np.asarray(v) & ~reset for k, v in causes.items()},
-        }
+        causes = {k: np.asarray(v) & ~reset for k, v in causes.items()}
+        info = {"clip": self.clip_ids[self.slot].copy(), "t": self.t.copy(),
+                "metrics": _task.metrics(np, err, terms, causes)}
         return obs, rew, terminated, truncated, info
 
     def close_extras(self, **kwargs):

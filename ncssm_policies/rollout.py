@@ -137,14 +137,6 @@ class _Episodes:
         return EvalResult(eps, summary, self.rollouts if self.record else None)
 
 
-def _cause_codes(flags: dict, names) -> np.ndarray:
-    """(N,) int: 1 + the index in ``names`` of the first cause set, or 0 for none."""
-    code = np.zeros(np.shape(flags[names[0]]), np.int64)
-    for k, name in enumerate(names):
-        code = np.where((code == 0) & (np.asarray(flags[name]) > 0), k + 1, code)
-    return code
-
-
 # ----------------------------------------------------------------------------------------------
 # Evaluation
 # ----------------------------------------------------------------------------------------------
@@ -179,6 +171,18 @@ def _act_fn(pol, mode: str, layout: dict, lo, hi):
         return carry, jnp.clip(y, lo, hi)
 
     return act
+
+
+def step_record(xp, slot, t, done, reward, metrics) -> dict:
+    """One control step of N envs as ``_Episodes`` takes it, on either backend (``xp`` numpy or
+    jax.numpy): ``slot``, ``t`` (the frame the action was chosen at), ``done``, ``reward``,
+    ``cause`` (1 + the index of the first termination cause when ``done``, else 0) and every
+    ``err_*`` and ``rew_*`` metric, each (N,)."""
+    from ncssm_env import task as _task
+
+    return {"slot": slot, "t": t, "done": done, "reward": reward,
+            "cause": xp.where(done, _task.cause_code(xp, metrics), 0),
+            **{k: metrics[k] for k in _task.METRICS if k.startswith(("err_", "rew_"))}}
 
 
 def _check_fits(pol, mode: str, layout: dict, obs_size: int, nu: int, body: str, where) -> None:
@@ -299,22 +303,17 @@ def _run_cpu(pol, mode, where, store, body, clip_dir, clips, num_envs, quota, se
         obs, _ = env.reset(seed=seed)
         fresh = np.ones(num_envs, bool)  # envs whose obs is the first of an episode
         resetting = np.zeros(num_envs, bool)  # envs that the next step restarts (NEXT_STEP)
-        ref_qpos = [c.qpos for c in env._clips]
         while not eps.full:
             slot, t = env.slot.copy(), env.t.copy()
             carry, action = act(carry, fresh, obs, syl[slot, np.minimum(t, syl.shape[1] - 1)])
             action = np.asarray(action)
-            step = {"slot": slot, "t": t}
-            if record:
-                step.update(qpos=np.stack([d.qpos.copy() for d in env.datas]), ctrl=action,
-                            ref_qpos=np.stack([ref_qpos[s][k] for s, k in zip(slot, t)]))
+            qpos = np.stack([d.qpos.copy() for d in env.datas]) if record else None
             obs, rew, term, trunc, info = env.step(action)
             live = ~resetting
             done = (term | trunc) & live
-            step.update(done=done, reward=rew, cause=_cause_codes(info["termination"],
-                                                                  _task.TERMINATIONS),
-                        **{f"err_{k}": v for k, v in info["errors"].items()},
-                        **{f"rew_{k}": v for k, v in info["reward_terms"].items()})
+            step = step_record(np, slot, t, done, rew, info["metrics"])
+            if record:
+                step.update(qpos=qpos, ref_qpos=env.clips.qpos[slot, t], ctrl=action)
             eps.add({k: np.asarray(v)[None] for k, v in step.items()}, live[None])
             fresh, resetting = resetting, done
         return eps.result()
@@ -333,12 +332,9 @@ def policy_env_scan(pol, mode: str, env, syllables, length: int, record: bool = 
     import jax
     import jax.numpy as jnp
 
-    from ncssm_env import task as _task
-
     lo, hi = env.mj_model.actuator_ctrlrange.T.astype(np.float32)
     act = _act_fn(pol, mode, env.obs_layout, lo, hi)
     step = jax.vmap(env.step)
-    names = _task.TERMINATIONS
 
     def chunk(state, carry, fresh):
         def body_fn(c, _):
@@ -348,12 +344,8 @@ def policy_env_scan(pol, mode: str, env, syllables, length: int, record: bool = 
                            syllables[slot, jnp.minimum(t, syllables.shape[1] - 1)])
             nxt = step(state, a)
             done = nxt.done > 0
-            code = jnp.zeros(done.shape, jnp.int32)
-            for k, name in reversed(list(enumerate(names))):  # the first cause set wins
-                code = jnp.where(nxt.metrics[f"term_{name}"] > 0, k + 1, code)
-            out = {"done": done, "slot": slot, "t": t, "reward": nxt.reward,
-                   "cause": jnp.where(done, code, 0), "overflow": nxt.info["overflow"],
-                   **{k: v for k, v in nxt.metrics.items() if k.startswith(("err_", "rew_"))}}
+            out = {**step_record(jnp, slot, t, done, nxt.reward, nxt.metrics),
+                   "overflow": nxt.info["overflow"]}
             if record:
                 out.update(qpos=state.pipeline_state.qpos, ref_qpos=env.qpos[slot, t], ctrl=a)
             return (nxt, carry, done), out

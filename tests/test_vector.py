@@ -7,7 +7,7 @@ import pytest
 import ncssm_env  # noqa: F401  (registers NCSSM-Track-v0)
 from ncssm_data import ClipStore
 from ncssm_env.gym_env import TrackEnv
-from ncssm_env.task import REWARD_TERMS
+from ncssm_env.task import METRICS, REWARD_TERMS
 from ncssm_env.vector import TrackVectorEnv
 
 QUIET = {"reset_noise": 0.0}
@@ -23,7 +23,8 @@ def test_make_vec_gives_the_cpu_vector_env(test_clips):
     assert env.observation_space.contains(obs)
     obs, rew, term, trunc, info = env.step(env.action_space.sample())
     assert obs.shape[0] == rew.shape[0] == term.shape[0] == trunc.shape[0] == 3
-    assert set(info["errors"]) >= {"root_pos", "joints"} and info["t"].shape == (3,)
+    assert tuple(info["metrics"]) == METRICS and info["t"].shape == (3,)
+    assert all(v.shape == (3,) for v in info["metrics"].values())
     env.close()
 
 
@@ -67,9 +68,9 @@ def test_replaying_true_controls_tracks_to_the_end(test_clips):
     T = min(len(c) for c in ctrl)
     for t in range(1, T):
         _, rew, term, trunc, info = vec.step(np.stack([c[t] for c in ctrl]))
-        assert not term.any(), {k: v for k, v in info["termination"].items() if v.any()}
+        assert not term.any(), {k: v for k, v in info["metrics"].items() if k.startswith("term_")}
         for name in REWARD_TERMS:  # every tracking term is perfect
-            np.testing.assert_allclose(info["reward_terms"][name], 1.0, atol=1e-6)
+            np.testing.assert_allclose(info["metrics"][f"rew_{name}"], 1.0, atol=1e-6)
     assert trunc.all()
 
 
@@ -79,7 +80,7 @@ def test_next_step_autoreset(test_clips):
     a = np.zeros((2, vec.model.nu), np.float32)
     a[0] = np.nan  # env 0 terminates (cause nan) without stepping its physics
     _, rew, term, trunc, info = vec.step(a)
-    assert term.tolist() == [True, False] and info["termination"]["nan"].tolist() == [True, False]
+    assert term.tolist() == [True, False] and info["metrics"]["term_nan"].tolist() == [1.0, 0.0]
     assert rew[0] == 0.0
     obs, rew, term, trunc, info = vec.step(np.zeros((2, vec.model.nu), np.float32))
     # The step after: env 0 starts a new episode (reward 0, not done), env 1 goes on.
@@ -134,6 +135,7 @@ def test_make_vec_mjx_backend_on_the_test_body(test_clips, jax_cache):
     assert obs.shape[0] == rew.shape[0] == 3 and not term.any()
     assert isinstance(rew, np.ndarray) and np.isfinite(obs).all()
     np.testing.assert_allclose(info["metrics"]["rew_joints"], 1.0, atol=1e-4)  # true controls
+    assert set(METRICS) <= set(info["metrics"])  # the schema the CPU envs give
 
 
 def test_auto_backend_is_the_cpu_env_without_an_accelerator(test_clips):
