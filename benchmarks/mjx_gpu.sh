@@ -87,7 +87,7 @@ run() {
     {
         nvidia-smi -L
         python3 -c "import jax, mujoco, warp; print('jax', jax.__version__, jax.devices(), 'mujoco', mujoco.__version__, 'warp', warp.__version__)"
-        [ -d /tmp/clips ] || python3 -m ncssm_env.cli generate --body rodent --clips 8 --frames 300 --out /tmp/clips
+        [ -d /tmp/clips ] || python3 -m ncssm_policies.data_cli generate --body rodent --clips 8 --frames 300 --out /tmp/clips
         local first=1 n0
         n0=$(echo ${MJX_N:-1024} | cut -d' ' -f1)
         for n in ${MJX_N:-1024 4096 8192}; do

@@ -196,7 +196,7 @@ def quickstart_policy(env):
 
     from ncssm_policies.checkpoint import LoadedPolicy
     from ncssm_policies.config import load_config
-    from ncssm_policies.train import build_model, dummy_input
+    from ncssm_policies.build import build_model, dummy_input
 
     cfg = load_config(None)
     a, b = env.obs_layout["qpos_local"]
@@ -213,7 +213,7 @@ def policy_rate(args, env, n: int, keys) -> None:
     from ncssm_policies.rollout import policy_env_scan
 
     pol = quickstart_policy(env)
-    chunk = policy_env_scan(pol, "state_action", env, jnp.zeros((1, 1), jnp.int32), args.steps)
+    chunk = policy_env_scan(pol, env, jnp.zeros((1, 1), jnp.int32), args.steps)
     state = jax.jit(jax.vmap(env.reset))(keys)
     carry = pol.model.initialize_carry(n)
 

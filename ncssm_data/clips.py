@@ -67,6 +67,7 @@ _SPECS: dict[str, _Spec] = {
     "qvel": _Spec(2, False, np.dtype(np.float64)),
     "act": _Spec(2, False, np.dtype(np.float64)),
 }
+SCHEMA_KEYS = frozenset(_SPECS)  # the clip schema's datasets
 _CLIP_NAME = re.compile(r"^clip_(\d+)\.h5$")
 
 
@@ -465,6 +466,49 @@ class ClipStore:
         Only those frames are read from disk. Raises :class:`ClipError` if they hold NaN/Inf.
         """
         return self._read(i, key, start, stop)
+
+    def holds(self, key: str) -> bool:
+        """Whether every clip has a dataset ``key``: one of the schema's, or any other (the
+        labels ``ncssm-data segment`` writes, say)."""
+        return key in self.keys or all(isinstance(self._file(i).get(key), h5py.Dataset)
+                                       for i in range(len(self)))
+
+    def read_labels(self, i: int, key: str, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """Frames ``[start, stop)`` of the integer label dataset ``key`` of clip ``i`` (T,), which
+        need not be one the schema knows (``/syllables_arhmm``, say); anything but integers >= 0
+        is a ClipError."""
+        h = self._header(i)  # the clip's validated header: path, length, known datasets
+        where = f"clip file {h.path}"
+        if key in h.shapes:  # a dataset the store knows and validated
+            data = self.read(i, key, start, stop)
+            if data.ndim != 1 or data.dtype.kind not in "iu":
+                raise ClipError(f"In {where}, dataset {key!r} has shape {h.shapes[key]} and dtype "
+                                f"{data.dtype}; syllable labels must be integers >= 0, shape (T,).")
+        else:
+            ds = self._file(i).get(key)
+            if not isinstance(ds, h5py.Dataset):
+                raise ClipError(f"Clip file {h.path} has no dataset {key!r}.")
+            if ds.shape != (h.length,):
+                raise ClipError(f"In {where}, dataset {key!r} has shape {ds.shape}, expected "
+                                f"({h.length},): one syllable label per frame of /obs.")
+            if ds.dtype.kind not in "iu":
+                raise ClipError(f"In {where}, dataset {key!r} has dtype {ds.dtype}; syllable labels "
+                                f"must be integers >= 0.")
+            start = int(start)
+            stop = h.length if stop is None else int(stop)
+            if not 0 <= start < stop <= h.length:
+                raise ClipError(f"Frames [{start}, {stop}) of {key!r} are out of range for {where}, "
+                                f"which has {h.length} frames.")
+            try:
+                data = ds[start:stop]
+            except OSError as e:
+                raise ClipError(f"Clip file {h.path} dataset {key!r} could not be read (truncated or "
+                                f"corrupt?).") from e
+        if data.size and data.min() < 0:
+            k = int(np.argmax(data < 0))
+            raise ClipError(f"In {where}, dataset {key!r} holds the label {data[k]} at frame "
+                            f"{int(start) + k}; syllable labels must be integers >= 0.")
+        return data
 
     def obs(self, i: int, name: str, start: int = 0, stop: int | None = None) -> np.ndarray:
         """The layout slice ``name`` of ``obs`` for frames ``[start, stop)``: (stop - start, width)."""

@@ -25,8 +25,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import h5py
-import numpy as np
 
 from ncssm_data.errors import ClipError
 
@@ -36,7 +34,13 @@ SYLLABLES = "syllables"  # the logical source of syllable labels, and its defaul
 
 @dataclass(frozen=True)
 class Mode:
-    """Sources of ``x_in`` (one or more parts) and of ``x_tgt`` (one part)."""
+    """Sources of ``x_in`` (one or more parts) and of ``x_tgt`` (one part).
+
+    Everything else about a mode follows from these: what it reads (:attr:`sources`), whether
+    it acts on the body (:attr:`acts`), whether it can run on its own predictions
+    (:attr:`feeds_back`), and which policy family serves it (:attr:`family`). Adding a mode
+    is one row of :data:`MODES`.
+    """
 
     name: str
     x_in: tuple[str, ...]
@@ -46,6 +50,27 @@ class Mode:
     def sources(self) -> tuple[str, ...]:
         """Every source the mode reads, each once, inputs first."""
         return tuple(dict.fromkeys((*self.x_in, self.x_tgt)))
+
+    @property
+    def acts(self) -> bool:
+        """It predicts the control to apply, so it drives the body: judged in closed loop."""
+        return self.x_tgt == "ctrl"
+
+    @property
+    def feeds_back(self) -> bool:
+        """Its target is its input one step ahead, so it can run on its own predictions
+        (scored open loop, autoregressively); a mode that neither acts nor feeds back is
+        scored open loop on true inputs (teacher forced)."""
+        return self.x_tgt in self.x_in
+
+    @property
+    def family(self) -> str:
+        """The policy family that serves it: ``"sequence"`` (one input part), ``"syllable"``
+        (a syllable label beside the state) or ``"controller"`` (the state to an intention,
+        which a decoder maps to the target together with the second input part)."""
+        if len(self.x_in) == 1:
+            return "sequence"
+        return "syllable" if SYLLABLES in self.x_in else "controller"
 
 
 MODES: dict[str, Mode] = {
@@ -87,12 +112,7 @@ def store_keys(store, syllable_key: str = SYLLABLES) -> frozenset[str]:
     ``syllable_key`` when it is a dataset the store does not know (``/syllables_arhmm``, say)
     that every clip holds."""
     keys = store.keys
-    if syllable_key in keys:
-        return keys
-    for i in range(len(store)):
-        if not isinstance(_file(store, i).get(syllable_key), h5py.Dataset):
-            return keys
-    return keys | {syllable_key}
+    return keys | {syllable_key} if syllable_key not in keys and store.holds(syllable_key) else keys
 
 
 def check_sources(mode: Mode, keys, layout, where: str, syllable_key: str = SYLLABLES) -> None:
@@ -119,50 +139,7 @@ def read_source(store, i: int, source: str, start: int = 0, stop: int | None = N
     a :class:`~ncssm_data.ClipStore`: (stop - start, D), or (stop - start,) for syllables,
     which are read from the dataset ``syllable_key``."""
     if source == SYLLABLES and syllable_key != SYLLABLES:
-        return _read_labels(store, i, syllable_key, start, stop)
+        return store.read_labels(i, syllable_key, start, stop)
     if source in DATASETS:
         return store.read(i, source, start, stop)
     return store.obs(i, source, start, stop)
-
-
-def _file(store, i: int) -> h5py.File:
-    """Clip ``i``'s open file, from the store's cache of handles (which a fork renews)."""
-    store._header(i)  # an out-of-range index is a ClipError
-    return store._file(i)
-
-
-def _read_labels(store, i: int, key: str, start: int, stop: int | None) -> np.ndarray:
-    """Frames ``[start, stop)`` of the integer label dataset ``key`` of clip ``i`` (T,), which
-    need not be one the store knows; anything but integers >= 0 is a ClipError."""
-    h = store._header(i)  # the clip's validated header: path, length, known datasets
-    where = f"clip file {h.path}"
-    if key in h.shapes:  # a dataset the store knows and validated
-        data = store.read(i, key, start, stop)
-        if data.ndim != 1 or data.dtype.kind not in "iu":
-            raise ClipError(f"In {where}, dataset {key!r} has shape {h.shapes[key]} and dtype "
-                            f"{data.dtype}; syllable labels must be integers >= 0, shape (T,).")
-    else:
-        ds = _file(store, i).get(key)
-        if not isinstance(ds, h5py.Dataset):
-            raise ClipError(f"Clip file {h.path} has no dataset {key!r}.")
-        if ds.shape != (h.length,):
-            raise ClipError(f"In {where}, dataset {key!r} has shape {ds.shape}, expected "
-                            f"({h.length},): one syllable label per frame of /obs.")
-        if ds.dtype.kind not in "iu":
-            raise ClipError(f"In {where}, dataset {key!r} has dtype {ds.dtype}; syllable labels "
-                            f"must be integers >= 0.")
-        start = int(start)
-        stop = h.length if stop is None else int(stop)
-        if not 0 <= start < stop <= h.length:
-            raise ClipError(f"Frames [{start}, {stop}) of {key!r} are out of range for {where}, "
-                            f"which has {h.length} frames.")
-        try:
-            data = ds[start:stop]
-        except OSError as e:
-            raise ClipError(f"Clip file {h.path} dataset {key!r} could not be read (truncated or "
-                            f"corrupt?).") from e
-    if data.size and data.min() < 0:
-        k = int(np.argmax(data < 0))
-        raise ClipError(f"In {where}, dataset {key!r} holds the label {data[k]} at frame "
-                        f"{int(start) + k}; syllable labels must be integers >= 0.")
-    return data

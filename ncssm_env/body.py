@@ -26,6 +26,8 @@ from typing import Callable
 import mujoco
 import numpy as np
 
+from ncssm_data.errors import check_count
+
 CONTACTS = ("body", "paws", "all")
 SOLVERS = {"newton": mujoco.mjtSolver.mjSOL_NEWTON, "cg": mujoco.mjtSolver.mjSOL_CG}
 PREFIX = "walker/"  # every name from the body's MJCF gets this prefix in the model
@@ -143,8 +145,8 @@ def build_model(
         raise ValueError(f"Unknown solver {solver!r}; expected one of {list(SOLVERS)} or None "
                          f"(the arena's, newton).")
     for name, n in (("iterations", iterations), ("ls_iterations", ls_iterations)):
-        if n is not None and (isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1):
-            raise ValueError(f"{name} must be an int >= 1 or None (the arena's), got {n!r}.")
+        if n is not None:
+            check_count(name, n)
     arena = mujoco.MjSpec.from_file(_xml_path("arena.xml"))
     arena.option.timestep = timestep
     if solver is not None:

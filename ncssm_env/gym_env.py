@@ -7,7 +7,6 @@ advances the reference by one clip frame; the task math is :mod:`ncssm_env.task`
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -16,93 +15,11 @@ import mujoco
 import numpy as np
 
 from ncssm_data import ClipError, ClipStore
+from ncssm_data.errors import check_count
 from ncssm_env import task as _task
-from ncssm_env.body import BodyIndex, body_def, body_index, build_model
-
-
-@dataclass(frozen=True)
-class Clip:
-    """One reference clip in memory: the physics state of each frame and its kinematics.
-
-    qpos (T, nq), qvel (T, nv), act (T, na), ctrl (T, nu); ``ref`` is a :class:`task.Kin`
-    whose fields have a leading T.
-    """
-
-    qpos: np.ndarray
-    qvel: np.ndarray
-    act: np.ndarray
-    ctrl: np.ndarray
-    ref: _task.Kin
-
-    @property
-    def length(self) -> int:
-        return self.qpos.shape[0]
-
-
-@dataclass(frozen=True)
-class ClipStack:
-    """Clips stacked and edge-padded to the longest one (T frames) for batched envs.
-
-    lengths (n,); qpos (n, T, nq), qvel (n, T, nv), act (n, T, na), ctrl (n, T, nu); ``ref``
-    a :class:`task.Kin` whose fields have leading (n, T).
-    """
-
-    lengths: np.ndarray
-    qpos: np.ndarray
-    qvel: np.ndarray
-    act: np.ndarray
-    ctrl: np.ndarray
-    ref: _task.Kin
-
-
-def stack_clips(clips: Sequence[Clip]) -> ClipStack:
-    """One :class:`ClipStack` of ``clips``; a clip shorter than the longest repeats its last
-    frame (the envs never step past a clip's own end)."""
-    T = max(c.length for c in clips)
-
-    def stack(arrays):
-        return np.stack([np.concatenate([a, np.repeat(a[-1:], T - len(a), 0)]) for a in arrays])
-
-    return ClipStack(np.array([c.length for c in clips]),
-                     *(stack([getattr(c, f) for c in clips]) for f in ("qpos", "qvel", "act", "ctrl")),
-                     _task.Kin(*(stack([getattr(c.ref, f) for c in clips]) for f in _task.Kin._fields)))
-
-
-def clip_kinematics(model: mujoco.MjModel, idx: BodyIndex, qpos: np.ndarray, qvel: np.ndarray):
-    """Forward kinematics of every frame: a :class:`~ncssm_env.task.Kin` with fields (T, ...)."""
-    data = mujoco.MjData(model)
-    T = qpos.shape[0]
-    xpos = np.empty((T, model.nbody, 3))
-    xmat = np.empty((T, model.nbody, 9))
-    for t in range(T):
-        data.qpos[:] = qpos[t]
-        mujoco.mj_kinematics(model, data)
-        xpos[t], xmat[t] = data.xpos, data.xmat
-    # contiguous fields: indexing frames of a strided view would copy the whole clip
-    return _task.Kin(*map(np.ascontiguousarray, _task.kin(np, idx, qpos, qvel, xpos, xmat)))
-
-
-def finite_difference_qvel(model: mujoco.MjModel, qpos: np.ndarray, dt: float) -> np.ndarray:
-    """Velocities (T, nv) from positions (T, nq): backward differences, forward at frame 0."""
-    qvel = np.zeros((qpos.shape[0], model.nv))
-    for t in range(1, qpos.shape[0]):
-        mujoco.mj_differentiatePos(model, qvel[t], dt, qpos[t - 1], qpos[t])
-    if qpos.shape[0] > 1:
-        qvel[0] = qvel[1]
-    return qvel
-
-
-def start_state(model: mujoco.MjModel, data: mujoco.MjData, clip: Clip, t: int, rng,
-                reset_noise: float) -> None:
-    """Put ``data`` at frame ``t`` of ``clip``: its qpos (hinge angles jittered uniformly by
-    ``reset_noise`` from ``rng``), qvel, act and ctrl, then the kinematics."""
-    mujoco.mj_resetData(model, data)
-    data.qpos[:] = clip.qpos[t]
-    data.qpos[7:] += rng.uniform(-reset_noise, reset_noise, model.nq - 7)
-    data.qvel[:] = clip.qvel[t]
-    data.act[:] = clip.act[t]
-    data.ctrl[:] = clip.ctrl[t]
-    mujoco.mj_kinematics(model, data)
+from ncssm_env.body import body_def, body_index, build_model
+from ncssm_env.reference import (  # noqa: F401  (ClipStack and stack_clips: for the vector envs)
+    Clip, ClipStack, clip_kinematics, finite_difference_qvel, stack_clips, start_state)
 
 
 class TrackEnv(gym.Env):
@@ -145,10 +62,7 @@ class TrackEnv(gym.Env):
         width: int = 320,
         height: int = 240,
     ):
-        if not (isinstance(K, int) and K >= 1):
-            raise ValueError(f"K must be an int >= 1 (future reference frames), got {K!r}.")
-        if not (isinstance(n_substeps, int) and n_substeps >= 1):
-            raise ValueError(f"n_substeps must be an int >= 1, got {n_substeps!r}.")
+        K, n_substeps = check_count("K", K), check_count("n_substeps", n_substeps)
         if render_mode not in (None, *self.metadata["render_modes"]):
             raise ValueError(
                 f"Unknown render_mode {render_mode!r}; expected None or 'rgb_array'."
@@ -165,11 +79,9 @@ class TrackEnv(gym.Env):
         self.control_dt = timestep * n_substeps
         self.metadata = {**self.metadata, "render_fps": round(1.0 / self.control_dt)}
 
-        if clip_dir is None:
-            from ncssm_env.synthetic import builtin_clips
+        from ncssm_env.synthetic import clips_or_builtin
 
-            clip_dir = builtin_clips(body, timestep=timestep, n_substeps=n_substeps)
-        self.clip_dir = Path(clip_dir)
+        self.clip_dir = clips_or_builtin(clip_dir, body, timestep=timestep, n_substeps=n_substeps)
         self.store = ClipStore(self.clip_dir, min_length=K + 1)
         self._check_store()
         self.clip_ids = self._select(clips)

@@ -30,9 +30,11 @@ import numpy as np
 from brax.envs.base import Env, State, Wrapper
 from mujoco import mjx
 
+from ncssm_data.errors import check_count
 from ncssm_env import MAX_EPISODE_STEPS
 from ncssm_env import task as _task
-from ncssm_env.gym_env import TrackEnv, stack_clips
+from ncssm_env.gym_env import TrackEnv
+from ncssm_env.reference import stack_clips
 from ncssm_env.jax_cache import enable_compilation_cache
 
 IMPLS = ("jax", "warp", "auto")
@@ -115,9 +117,8 @@ class MJXTrackEnv(Env):
                  nconmax: int | None = None, njmax: int | None = None,
                  max_episode_steps: int = MAX_EPISODE_STEPS, **kwargs):
         for name, v in (("num_envs", num_envs), ("nconmax", nconmax), ("njmax", njmax)):
-            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, np.integer))
-                                  or v < 1):
-                raise ValueError(f"{name} must be an int >= 1, got {v!r}.")
+            if v is not None:
+                check_count(name, v)
         self.impl = resolve_impl(impl, body)
         enable_compilation_cache()
         cpu = TrackEnv(body=body, **kwargs)
@@ -139,7 +140,7 @@ class MJXTrackEnv(Env):
             raise ValueError(f"MJX ({self.impl}) cannot take body {body!r} with contacts "
                              f"{kwargs.get('contacts', 'body')!r}: {err}.") from None
         self._data0 = _Template(data0)
-        self.mj_model, self.idx, self.cfg, self.K = m, cpu.idx, cpu.cfg, cpu.K
+        self.body, self.mj_model, self.idx, self.cfg, self.K = body, m, cpu.idx, cpu.cfg, cpu.K
         self.n_substeps, self.healthy_z = cpu.n_substeps, cpu.healthy_z
         self.max_episode_steps = max_episode_steps
         self.obs_layout = cpu.obs_layout
@@ -329,9 +330,7 @@ class MJXVectorEnv(gym.vector.VectorEnv):
     def __init__(self, num_envs: int, **kwargs):
         from gymnasium.vector.utils import batch_space
 
-        if isinstance(num_envs, bool) or not isinstance(num_envs, (int, np.integer)) or num_envs < 1:
-            raise ValueError(f"num_envs must be an int >= 1, got {num_envs!r}.")
-        self.num_envs = int(num_envs)
+        self.num_envs = check_count("num_envs", num_envs)
         self.env = MJXTrackEnv(num_envs=self.num_envs, **kwargs)
         D = self.env.observation_size
         lo, hi = self.env.mj_model.actuator_ctrlrange.T.astype(np.float32)

@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 from ncssm_data import obs_slice, write_clip
 from ncssm_env import task
 from ncssm_env.body import BodyIndex, body_def, body_index, build_model
-from ncssm_env.gym_env import clip_kinematics
+from ncssm_env.reference import clip_kinematics
 
 VERSION = 1  # bump when the program changes; it names the cache folder
 SYLLABLES = ("rest", "groom", "rear", "explore", "dart")
@@ -244,3 +244,12 @@ def builtin_clips(body: str = "rodent", n_clips: int = 64, n_frames: int = 600,
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return path
+
+
+def clips_or_builtin(clip_dir, body: str = "rodent", timestep: float = 0.002,
+                     n_substeps: int = 10) -> Path:
+    """``clip_dir`` as a Path, or, when it is None, the built-in clips of ``body`` at these
+    physics settings (generated on first use): the one place that default is decided."""
+    if clip_dir is not None:
+        return Path(clip_dir)
+    return builtin_clips(body, timestep=timestep, n_substeps=n_substeps)

@@ -23,9 +23,11 @@ import numpy as np
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
+from ncssm_data.errors import check_count
 from ncssm_env import MAX_EPISODE_STEPS
 from ncssm_env import task as _task
-from ncssm_env.gym_env import TrackEnv, stack_clips, start_state
+from ncssm_env.gym_env import TrackEnv
+from ncssm_env.reference import stack_clips, start_state
 
 BACKENDS = ("cpu", "mjx", "auto")
 MJX_ONLY = ("impl", "nconmax", "njmax")  # make_vec settings only the MJX backend takes
@@ -50,9 +52,7 @@ class TrackVectorEnv(VectorEnv):
 
     def __init__(self, num_envs: int, max_episode_steps: int | None = MAX_EPISODE_STEPS,
                  n_threads: int | None = None, **kwargs):
-        if isinstance(num_envs, bool) or not isinstance(num_envs, (int, np.integer)) or num_envs < 1:
-            raise ValueError(f"num_envs must be an int >= 1, got {num_envs!r}.")
-        self.num_envs = int(num_envs)
+        self.num_envs = check_count("num_envs", num_envs)
         self.single = TrackEnv(**kwargs)
         s = self.single
         self.model, self.idx, self.cfg, self.K = s.model, s.idx, s.cfg, s.K

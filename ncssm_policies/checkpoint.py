@@ -179,7 +179,7 @@ def load_policy(ckpt_dir: str | Path, which: str = "best") -> LoadedPolicy:
     ``which``: ``"best"`` (lowest val loss; falls back to the newest when there is none) or
     ``"latest"``.
     """
-    from ncssm_policies.train import build_model  # the model is built as training built it
+    from ncssm_policies.build import build_model, model_init_params  # as training built it
 
     if which not in ("best", "latest"):
         raise ValueError(f"which must be 'best' or 'latest', got {which!r}.")
@@ -226,9 +226,3 @@ def host_target(tree):
     return jax.tree.map(lambda x: np.zeros(np.shape(x), x.dtype), tree)
 
 
-def model_init_params(model, dims: dict, seed: int = 0):
-    """Freshly initialized params of ``model`` for data of ``dims`` (shapes only matter here)."""
-    from ncssm_policies.train import dummy_input
-
-    x = dummy_input(dims, batch=1, length=2)
-    return jax.eval_shape(lambda: model.init(jax.random.PRNGKey(seed), x)["params"])

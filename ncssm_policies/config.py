@@ -14,6 +14,7 @@ import difflib
 import json
 import types
 import typing
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,7 +47,8 @@ class TrainConfig:
     then cosine decay; global-norm clipping at ``grad_clip`` (0: none); ``dropout``;
     ``noise_std`` on training inputs (normalized units).
 
-    Data: ``root_dir`` (None: the built-in rodent clips, generated on first use),
+    Data: ``clip_dir`` (None: the built-in rodent clips, generated on first use; the original
+    ncssm's ``root_dir`` is accepted for it, with a warning),
     ``train_frac``, ``preload``, ``norm_method`` (``zscore``, ``minmax`` or ``none``).
     ``syllable_key``: the clip dataset that ``syllable_state_intention`` reads its syllables
     from, in training and in the closed-loop evaluation: ``syllables`` (the clips' own), or
@@ -103,7 +105,7 @@ class TrainConfig:
     dropout: float = 0.1
     noise_std: float = 0.0
     # data
-    root_dir: str | None = None
+    clip_dir: str | None = None
     train_frac: float = 0.8
     preload: bool = True
     norm_method: str = "zscore"
@@ -261,12 +263,31 @@ def _unknown_key(key: str, where: str, fields=FIELDS) -> ConfigError:
     return ConfigError(f"{where}: unknown key {key!r}{hint}")
 
 
+# Old names still read: the original ncssm's key -> ours. Each use warns.
+ALIASES = {"root_dir": "clip_dir"}
+
+
+def _renamed(values: dict, fields, where: str) -> dict:
+    """``values`` with each :data:`ALIASES` key that ``fields`` lacks renamed, with a warning."""
+    out = dict(values)
+    for old, new in ALIASES.items():
+        if old in out and old not in fields and new in fields:
+            if new in out:
+                raise ConfigError(f"{where}: keys {old!r} and {new!r} name the same setting; "
+                                  f"keep {new!r}.")
+            warnings.warn(f"{where}: config key {old!r} is now {new!r}; {old!r} still works.",
+                          FutureWarning, stacklevel=3)
+            out[new] = out.pop(old)
+    return out
+
+
 def from_dict(values: dict, where: str = "the config", cls=TrainConfig):
     """A checked ``cls`` (a config dataclass; TrainConfig by default) from a mapping; missing
-    keys take their defaults."""
+    keys take their defaults; an old key name (:data:`ALIASES`) is renamed with a warning."""
     if not isinstance(values, dict):
         raise ConfigError(f"{where} must be a mapping of keys to values, got "
                           f"{type(values).__name__}.")
+    values = _renamed(values, [f.name for f in dataclasses.fields(cls)], where)
     hints = typing.get_type_hints(cls)
     fields = [f.name for f in dataclasses.fields(cls)]
     kwargs = {}
@@ -323,8 +344,8 @@ def load_config(path: str | Path | None = None, overrides=(), cls=TrainConfig):
     ``overrides`` applied."""
     values = read_yaml(path) if path is not None else {}
     where = f"Config {path}" if path is not None else "The config"
-    extra = parse_overrides(overrides)
     fields = [f.name for f in dataclasses.fields(cls)]
+    extra = _renamed(parse_overrides(overrides), fields, "Override")
     for key in extra:
         if key not in fields:
             raise _unknown_key(key, "Override", fields)

@@ -4,17 +4,18 @@ Every policy follows the contract in :mod:`ncssm_policies.hookspecs`: ``__call__
 over ``(B, T, D)``, ``forward(carry, x, train) -> (carry, y)``, ``initialize_carry(B)`` and
 ``step(carry, x_t) -> (carry, y_t)``, the one-step form equal to the parallel form.
 
-- :class:`SequencePolicy` (``state_action``, ``state_intention``, ``pure_state``,
-  ``pure_intention``): an encoder Dense, ``n_layers`` residual blocks of a sequence layer
-  (``"s5"`` or ``"mamba"``), a decoder Dense.
-- :class:`Controller` (``state_intention_controller``): a sequence model predicts the intention
-  from ``qpos_local``; a decoder MLP maps (intention, obs) to the action. Its parameters sit
-  under ``"decoder"``, so training can freeze them (an optax label) after loading.
-- :class:`SyllableController` (``syllable_state_intention``): a learned embedding of the
-  syllable joins ``qpos_local`` as the sequence model's input.
+- :class:`SequencePolicy` (family ``"sequence"``: one input part, e.g. ``state_action``):
+  an encoder Dense, ``n_layers`` residual blocks of a sequence layer (``"s5"`` or
+  ``"mamba"``), a decoder Dense.
+- :class:`Controller` (family ``"controller"``: ``state_intention_controller``): a sequence
+  model predicts the intention from ``qpos_local``; a decoder MLP maps (intention, obs) to
+  the action. Its parameters sit under ``"decoder"``, so training can freeze them (an optax
+  label) after loading.
+- :class:`SyllableController` (family ``"syllable"``: ``syllable_state_intention``): a
+  learned embedding of the syllable joins ``qpos_local`` as the sequence model's input.
 
-:func:`build_policy` picks the family for a mode around any registered policy, built-in or
-from a plugin.
+:func:`build_policy` wraps any registered policy, built-in or from a plugin, in the family
+its mode names (:attr:`ncssm_data.modes.Mode.family`).
 """
 
 from __future__ import annotations
@@ -24,9 +25,8 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from ncssm_data.modes import get_mode
 from ncssm_policies.hookspecs import PolicySpec
-
-SEQUENCE_MODES = ("state_action", "state_intention", "pure_state", "pure_intention")
 
 
 def _layer_class(name: str):
@@ -176,14 +176,10 @@ def build_policy(spec: PolicySpec, mode: str, out_dim: int, *, int_dim: int = 16
     ``out_dim`` is the width of the mode's target (the action for the controllers);
     ``int_dim`` the controller's intention width; ``hparams`` go to ``spec.make``.
     """
-    if mode in SEQUENCE_MODES:
-        return spec.make(out_dim, **hparams)
-    if mode == "state_intention_controller":
+    family = get_mode(mode).family
+    if family == "controller":
         return Controller(seq=spec.make(int_dim, **hparams), out_dim=out_dim,
                           decoder_hidden=tuple(decoder_hidden))
-    if mode == "syllable_state_intention":
+    if family == "syllable":
         return SyllableController(seq=spec.make(out_dim, **hparams), embed_dim=embed_dim)
-    raise ValueError(
-        f"Unknown mode {mode!r}; expected one of "
-        f"{[*SEQUENCE_MODES, 'state_intention_controller', 'syllable_state_intention']}."
-    )
+    return spec.make(out_dim, **hparams)

@@ -22,34 +22,35 @@ The control modes act in the body; :func:`ncssm_policies.rollout.evaluate` score
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from ncssm_policies.rollout import CONTROL_MODES, EvalResult
+from ncssm_data.errors import check_count
+from ncssm_policies.build import held_out_clips, resolve_clip_dir
 
-FEEDBACK_MODES = ("pure_state", "pure_intention")  # scored autoregressively
-TEACHER_MODES = ("state_intention",)  # scored teacher-forced
 HORIZONS = (1, 5, 10, 25, 50, 100, 250, 500, 1000)  # summary steps (plus ``horizon`` itself)
+__all__ = ["EvalResult", "HORIZONS", "held_out_clips", "make_scorer", "score_open_loop"]
 
 
-def held_out_clips(pol, clip_dir=None) -> np.ndarray:
-    """The val clip indices of ``pol``'s training run, (n_val,) int: the split training made
-    of the folder ``clip_dir`` (None: the folder the run trained on) from the run's
-    ``train_frac`` and ``seed`` (:func:`ncssm_data.split_clips`)."""
-    from ncssm_data import ClipStore, split_clips
-    from ncssm_policies.train import resolve_root
+@dataclass
+class EvalResult:
+    """Per-episode (or, open loop, per-window) arrays (E,) and their summaries.
 
-    root = Path(clip_dir) if clip_dir is not None else resolve_root(pol.config)
-    with ClipStore(root) as store:
-        n = len(store)
-    return split_clips(n, pol.config.train_frac, pol.config.seed)[1]
+    Closed loop, ``episodes`` holds ``clip``, ``start``, ``length`` (control steps before the
+    episode ended), ``fraction`` (of the frames the clip had left after ``start``), ``cause``
+    (the termination cause, or ``"end"``), ``return`` (summed reward), and the per-step mean of
+    each tracking error (``err_*``) and reward term (``rew_*``). ``summary`` has their mean and
+    median over episodes, and the count of each cause. ``rollouts`` (when recorded) holds one
+    dict per episode: ``qpos`` and ``ref_qpos`` (T, nq), the state before each action and the
+    reference at the same frame; ``ctrl`` (T, nu), the action; ``reward`` and each ``err_*``
+    and ``rew_*`` (T,); and the episode's scalars. Open loop, see :func:`score_open_loop`.
+    """
 
-
-def _count(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be an int >= 1, got {value!r}.")
-    return int(value)
+    episodes: dict
+    summary: dict = field(default_factory=dict)
+    rollouts: list | None = None
 
 
 def _source_width(store, source: str) -> int:
@@ -125,22 +126,21 @@ def score_open_loop(pol, clip_dir=None, clips=None, context: int = 50, horizon: 
 
     from ncssm_data import ClipStore
     from ncssm_data.modes import check_sources, get_mode, read_source
-    from ncssm_policies.train import resolve_root
 
     mode_name = pol.config.mmode
-    if mode_name in CONTROL_MODES:
+    mode = get_mode(mode_name)
+    if mode.acts:
         raise ValueError(f"The policy in {pol.path} is a {mode_name!r} model, which acts rather "
                          f"than predicts; score it in closed loop with "
                          f"ncssm_policies.rollout.evaluate.")
-    if mode_name not in FEEDBACK_MODES + TEACHER_MODES:
-        raise ValueError(f"Open-loop scoring does not know mode {mode_name!r}; expected one of "
-                         f"{list(FEEDBACK_MODES + TEACHER_MODES)}.")
-    context, horizon = _count("context", context), _count("horizon", horizon)
-    windows = _count("windows", windows)
-    mode = get_mode(mode_name)
+    if len(mode.x_in) != 1:
+        raise ValueError(f"Open-loop scoring takes models of one input part; mode {mode_name!r} "
+                         f"has {len(mode.x_in)}.")
+    context, horizon = check_count("context", context), check_count("horizon", horizon)
+    windows = check_count("windows", windows)
     (src_in,), src_tgt = mode.x_in, mode.x_tgt
     need = context + horizon
-    root = Path(clip_dir) if clip_dir is not None else resolve_root(pol.config)
+    root = Path(clip_dir) if clip_dir is not None else resolve_clip_dir(pol.config)
     norm = pol.normalizer
 
     with ClipStore(root) as store:
@@ -185,7 +185,7 @@ def score_open_loop(pol, clip_dir=None, clips=None, context: int = 50, horizon: 
     if norm is not None:
         x_in = np.asarray(norm.normalize(x_in), np.float32)
         true = np.asarray(norm.normalize_tgt(true), np.float32)
-    run = make_scorer(pol.model, norm, feedback=mode_name in FEEDBACK_MODES)
+    run = make_scorer(pol.model, norm, feedback=mode.feeds_back)
     pred = np.asarray(jax.device_get(run(pol.params, x_in[:, :context],
                                          np.swapaxes(x_in[:, context:], 0, 1))))
 

@@ -33,33 +33,18 @@ import dataclasses
 import json
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-CONTROL_MODES = ("state_action", "state_intention_controller", "syllable_state_intention")
+from ncssm_data.errors import check_count
+from ncssm_data.modes import SYLLABLES, Mode, get_mode
+from ncssm_policies.build import held_out_clips, resolve_clip_dir
+from ncssm_policies.openloop import EvalResult, score_open_loop
+
 BACKENDS = ("cpu", "mjx", "auto")
 MJX_CHUNK = 200  # control steps per jitted MJX scan
-
-
-@dataclass
-class EvalResult:
-    """Per-episode (or, open loop, per-window) arrays (E,) and their summaries.
-
-    Closed loop, ``episodes`` holds ``clip``, ``start``, ``length`` (control steps before the
-    episode ended), ``fraction`` (of the frames the clip had left after ``start``), ``cause``
-    (the termination cause, or ``"end"``), ``return`` (summed reward), and the per-step mean of
-    each tracking error (``err_*``) and reward term (``rew_*``). ``summary`` has their mean and
-    median over episodes, and the count of each cause. ``rollouts`` (when recorded) holds one
-    dict per episode: ``qpos`` and ``ref_qpos`` (T, nq), the state before each action and the
-    reference at the same frame; ``ctrl`` (T, nu), the action; ``reward`` and each ``err_*``
-    and ``rew_*`` (T,); and the episode's scalars.
-    """
-
-    episodes: dict
-    summary: dict = field(default_factory=dict)
-    rollouts: list | None = None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -142,27 +127,45 @@ class _Episodes:
 # ----------------------------------------------------------------------------------------------
 
 
-def _act_fn(pol, mode: str, layout: dict, lo, hi):
-    """``act(carry, fresh (N,), obs (N, D_obs), syllable (N,)) -> (carry, action (N, nu))``:
-    the carry restarts from zeros where ``fresh``; actions are clipped to the control range."""
+def _input_parts(mode: Mode, layout: dict, obs_size: int, n_syllables) -> list:
+    """Each input part of ``mode`` as the body gives it in closed loop: ``(width, part)`` with
+    ``part(obs (N, D_obs), syllable (N,)) -> (N, width)``. ``obs`` is the whole observation,
+    ``syllables`` the one-hot label of the reference frame, any other source its slice of the
+    observation (``layout``)."""
+    import jax
+    import jax.numpy as jnp
+
+    parts = []
+    for source in mode.x_in:
+        if source == "obs":
+            parts.append((obs_size, lambda obs, syl: obs))
+        elif source == SYLLABLES:
+            n = n_syllables
+            parts.append((n, lambda obs, syl, n=n: jax.nn.one_hot(jnp.clip(syl, 0, n - 1), n)))
+        elif source in layout:
+            a, b = layout[source]
+            parts.append((b - a, lambda obs, syl, a=a, b=b: obs[:, a:b]))
+        else:
+            raise ValueError(f"Mode {mode.name!r} reads {source!r}, which the body's observation "
+                             f"does not hold, so it cannot run closed loop.")
+    return parts
+
+
+def _act_fn(pol, parts: list, lo, hi):
+    """``act(carry, fresh (N,), obs (N, D_obs), syllable (N,)) -> (carry, action (N, nu))`` for
+    the mode's input ``parts`` (:func:`_input_parts`): the carry restarts from zeros where
+    ``fresh``; actions are clipped to the control range."""
     import jax
     import jax.numpy as jnp
 
     model, params, norm = pol.model, pol.params, pol.normalizer
-    a, b = layout["qpos_local"]
-    n_syl = pol.dims.get("n_syllables")
 
     def act(carry, fresh, obs, syllable):
         zeros = model.initialize_carry(obs.shape[0])
         carry = jax.tree.map(
             lambda c, z: jnp.where(fresh.reshape((-1,) + (1,) * (c.ndim - 1)), z, c), carry, zeros)
-        qpos = obs[:, a:b]
-        if mode == "state_action":
-            x = qpos
-        elif mode == "state_intention_controller":
-            x = (qpos, obs)
-        else:
-            x = (jax.nn.one_hot(jnp.clip(syllable, 0, n_syl - 1), n_syl), qpos)
+        x = tuple(part(obs, syllable) for _, part in parts)
+        x = x if len(x) > 1 else x[0]
         if norm is not None:
             x = norm.normalize(x)
         carry, y = model.apply({"params": params}, carry, x, method="step")
@@ -185,22 +188,26 @@ def step_record(xp, slot, t, done, reward, metrics) -> dict:
             **{k: metrics[k] for k in _task.METRICS if k.startswith(("err_", "rew_"))}}
 
 
-def _check_fits(pol, mode: str, layout: dict, obs_size: int, nu: int, body: str, where) -> None:
-    q = layout["qpos_local"][1] - layout["qpos_local"][0]
-    have = {"state_action": [q], "state_intention_controller": [q, obs_size],
-            "syllable_state_intention": [pol.dims.get("n_syllables"), q]}[mode]
+def _policy_parts(pol, mode: Mode, layout: dict, obs_size: int, nu: int, body: str, where):
+    """:func:`_input_parts` of ``mode`` for this body, once the policy is known to take them
+    and to give ``nu`` actions."""
+    parts = _input_parts(mode, layout, obs_size, pol.dims.get("n_syllables"))
+    have = [w for w, _ in parts]
     if list(pol.dims["x_in"]) != have or pol.dims["x_tgt"] != nu:
         raise ValueError(
             f"The policy in {where} takes inputs {list(pol.dims['x_in'])} and gives "
             f"{pol.dims['x_tgt']} actions, but body {body!r} gives inputs {have} and takes {nu} "
             f"actions.")
+    return parts
 
 
-def _syllable_table(store, clip_ids, lengths, syllable_key: str = "syllables") -> np.ndarray:
+def _syllable_table(store, mode: Mode, clip_ids, lengths, syllable_key: str = SYLLABLES):
     """(n_clips, T_max) int32: each selected clip's syllables (the dataset ``syllable_key``, as
-    in training), edge-padded."""
+    in training), edge-padded; (n_clips, 1) zeros when ``mode`` reads no syllables."""
     from ncssm_data.modes import read_source
 
+    if SYLLABLES not in mode.x_in:
+        return np.zeros((len(clip_ids), 1), np.int32)
     T = int(np.max(lengths))
     rows = []
     for cid in clip_ids:
@@ -210,16 +217,16 @@ def _syllable_table(store, clip_ids, lengths, syllable_key: str = "syllables") -
     return np.stack(rows)
 
 
-def evaluate(ckpt_dir: str | Path, num_envs: int = 4, episodes: int = 8, backend: str = "cpu",
+def evaluate(policy, num_envs: int = 4, episodes: int = 8, backend: str = "cpu",
              clips=None, clip_dir=None, body: str | None = None, seed: int = 0,
              max_steps: int | None = None, which: str = "best", record: bool = False,
              progress: bool = False, context: int = 50, horizon: int = 50, impl: str = "auto",
              solver: str | None = None, iterations: int | None = None,
              ls_iterations: int | None = None) -> EvalResult:
-    """Evaluate the policy in ``ckpt_dir`` (a run folder or its checkpoints, or a
-    :class:`~ncssm_policies.checkpoint.LoadedPolicy`).
+    """Evaluate ``policy``: a run folder or its checkpoints (``which`` picks the checkpoint), or
+    a :class:`~ncssm_policies.checkpoint.LoadedPolicy`.
 
-    Closed loop (the control modes): ``episodes`` episodes on ``num_envs`` envs of ``backend``;
+    Closed loop (the modes that act, :attr:`ncssm_data.modes.Mode.acts`): ``episodes`` episodes on ``num_envs`` envs of ``backend``;
     ``record`` keeps every episode's per-step arrays in ``EvalResult.rollouts``. Open loop
     (the other modes): ``episodes`` windows of ``context`` true frames then ``horizon``
     predicted ones (see :func:`ncssm_policies.openloop.score_open_loop`).
@@ -232,25 +239,18 @@ def evaluate(ckpt_dir: str | Path, num_envs: int = 4, episodes: int = 8, backend
     """
     from ncssm_data import ClipStore
     from ncssm_policies.checkpoint import LoadedPolicy, load_policy
-    from ncssm_policies.openloop import held_out_clips
 
     if backend not in BACKENDS:
         raise ValueError(f"Unknown backend {backend!r}; expected one of {list(BACKENDS)}.")
-    for name, v in (("num_envs", num_envs), ("episodes", episodes)):
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-            raise ValueError(f"{name} must be an int >= 1, got {v!r}.")
-    pol = ckpt_dir if isinstance(ckpt_dir, LoadedPolicy) else load_policy(ckpt_dir, which=which)
-    ckpt_dir = pol.path if isinstance(ckpt_dir, LoadedPolicy) else ckpt_dir
-    mode = pol.config.mmode
+    num_envs, episodes = check_count("num_envs", num_envs), check_count("episodes", episodes)
+    pol = policy if isinstance(policy, LoadedPolicy) else load_policy(policy, which=which)
+    where = pol.path if isinstance(policy, LoadedPolicy) else policy
+    mode = get_mode(pol.config.mmode)
     if clip_dir is None:
-        from ncssm_policies.train import resolve_root
-
-        clip_dir = resolve_root(pol.config)
+        clip_dir = resolve_clip_dir(pol.config)
         if clips is None:
             clips = held_out_clips(pol).tolist()
-    if mode not in CONTROL_MODES:
-        from ncssm_policies.openloop import score_open_loop
-
+    if not mode.acts:
         return score_open_loop(pol, clip_dir=clip_dir, clips=clips, context=context,
                                horizon=horizon, windows=episodes, seed=seed)
     if backend == "auto":
@@ -272,12 +272,12 @@ def evaluate(ckpt_dir: str | Path, num_envs: int = 4, episodes: int = 8, backend
             physics["impl"] = impl
         try:
             run = _run_cpu if backend == "cpu" else _run_mjx
-            res = run(pol, mode, ckpt_dir, store, body, clip_dir, clips, num_envs, quota, seed,
+            res = run(pol, mode, where, store, body, clip_dir, clips, num_envs, quota, seed,
                       max_steps, record, bar, physics)
         finally:
             if bar is not None:
                 bar.close()
-    res.summary.update(mode=mode, body=body, backend=backend, checkpoint=str(pol.path),
+    res.summary.update(mode=mode.name, body=body, backend=backend, checkpoint=str(pol.path),
                        **{k: v for k, v in physics.items() if v is not None and k != "impl"})
     return res
 
@@ -292,11 +292,10 @@ def _run_cpu(pol, mode, where, store, body, clip_dir, clips, num_envs, quota, se
     env = TrackVectorEnv(num_envs, body=body, clip_dir=clip_dir, clips=clips,
                          max_episode_steps=max_steps, **physics)
     try:
-        nu, layout = env.model.nu, env.obs_layout
-        _check_fits(pol, mode, layout, env.single_observation_space.shape[0], nu, body, where)
-        syl = _syllable_table(store, env.clip_ids, env.lengths, pol.config.syllable_key) \
-            if mode == "syllable_state_intention" else np.zeros((len(env.clip_ids), 1), np.int32)
-        act = jax.jit(_act_fn(pol, mode, layout, env.single_action_space.low,
+        parts = _policy_parts(pol, mode, env.obs_layout, env.single_observation_space.shape[0],
+                              env.model.nu, body, where)
+        syl = _syllable_table(store, mode, env.clip_ids, env.lengths, pol.config.syllable_key)
+        act = jax.jit(_act_fn(pol, parts, env.single_action_space.low,
                               env.single_action_space.high))
         eps = _Episodes(quota, env.clip_ids, env.lengths, _task.TERMINATIONS, record, bar)
         carry = pol.model.initialize_carry(num_envs)
@@ -321,19 +320,22 @@ def _run_cpu(pol, mode, where, store, body, clip_dir, clips, num_envs, quota, se
         env.close()
 
 
-def policy_env_scan(pol, mode: str, env, syllables, length: int, record: bool = False):
+def policy_env_scan(pol, env, syllables, length: int, record: bool = False, where=None):
     """``chunk(state, carry, fresh) -> ((state, carry, fresh), out)``: ``length`` control steps
     of the policy and the vmapped MJX env ``env`` in one ``lax.scan`` (jit it). ``state`` is
     the batched env state (N envs), ``carry`` the policy's, ``fresh`` (N,) marks envs whose
-    observation starts an episode; ``syllables`` (n_clips, T) int32. ``out`` holds (length, N)
+    observation starts an episode; ``syllables`` (n_clips, T) int32. The policy must fit the
+    env's body (one sentence naming ``where``, default the policy's path, if not). ``out`` holds (length, N)
     arrays: ``done``, ``slot``, ``t``, ``reward``, ``cause`` (1 + the index of the first
     termination cause, 0 for none), ``overflow`` and every ``err_*`` and ``rew_*`` metric, and
     when ``record`` the ``qpos`` before each action, ``ref_qpos`` and ``ctrl``."""
     import jax
     import jax.numpy as jnp
 
+    parts = _policy_parts(pol, get_mode(pol.config.mmode), env.obs_layout, env.observation_size,
+                          env.action_size, env.body, where or pol.path)
     lo, hi = env.mj_model.actuator_ctrlrange.T.astype(np.float32)
-    act = _act_fn(pol, mode, env.obs_layout, lo, hi)
+    act = _act_fn(pol, parts, lo, hi)
     step = jax.vmap(env.step)
 
     def chunk(state, carry, fresh):
@@ -365,11 +367,9 @@ def _run_mjx(pol, mode, where, store, body, clip_dir, clips, num_envs, quota, se
 
     env = MJXTrackEnv(body=body, clip_dir=clip_dir, clips=clips, num_envs=num_envs,
                       max_episode_steps=max_steps or 2**30, **physics)
-    _check_fits(pol, mode, env.obs_layout, env.observation_size, env.action_size, body, where)
     lengths = np.asarray(env.lengths)
-    syl = jnp.asarray(_syllable_table(store, env.clip_ids, lengths, pol.config.syllable_key)
-                      if mode == "syllable_state_intention" else np.zeros((len(lengths), 1), np.int32))
-    chunk = jax.jit(policy_env_scan(pol, mode, env, syl, MJX_CHUNK, record))
+    syl = jnp.asarray(_syllable_table(store, mode, env.clip_ids, lengths, pol.config.syllable_key))
+    chunk = jax.jit(policy_env_scan(pol, env, syl, MJX_CHUNK, record, where))
     eps = _Episodes(quota, env.clip_ids, lengths, _task.TERMINATIONS, record, bar)
     state = jax.jit(jax.vmap(env.reset))(jax.random.split(jax.random.PRNGKey(seed), num_envs))
     c = (state, pol.model.initialize_carry(num_envs), jnp.ones(num_envs, bool))

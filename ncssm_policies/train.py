@@ -19,9 +19,11 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from ncssm_policies.build import build_model, data_dims, dummy_input, resolve_clip_dir
 from ncssm_policies.config import ConfigError, TrainConfig, load_config
 
 
@@ -30,89 +32,8 @@ class TrainingError(RuntimeError):
 
 
 # ----------------------------------------------------------------------------------------------
-# Model and data
+# Data
 # ----------------------------------------------------------------------------------------------
-
-
-def policy_hparams(cfg: TrainConfig) -> dict:
-    """The keyword arguments ``make(out_dim, **hparams)`` of ``cfg.model_type`` receives.
-
-    Every policy gets ``d_model`` and ``n_layers``; S5 and Mamba get their layer keys (and
-    ``dropout``) as ``layer_kwargs``, with ``model_kwargs`` merged in; a plugin's policy gets
-    ``model_kwargs`` as they are.
-    """
-    if cfg.model_type == "s5":
-        layer = dict(state_dim=cfg.ssm_size, blocks=cfg.blocks, C_init=cfg.c_init,
-                     discretization=cfg.discretization, dt_min=cfg.dt_min, dt_max=cfg.dt_max,
-                     conj_sym=cfg.conj_sym, clip_eigs=cfg.clip_eigs,
-                     bidirectional=cfg.bidirectional, dropout=cfg.dropout)
-    elif cfg.model_type == "mamba":
-        layer = dict(d_state=cfg.d_state, expand=cfg.expand, dt_min=cfg.dt_min,
-                     dt_max=cfg.dt_max, dropout=cfg.dropout)
-    else:
-        return dict(d_model=cfg.d_model, n_layers=cfg.n_layers, **cfg.model_kwargs)
-    return dict(d_model=cfg.d_model, n_layers=cfg.n_layers,
-                layer_kwargs={**layer, **cfg.model_kwargs})
-
-
-def build_model(cfg: TrainConfig, dims: dict):
-    """The Flax module for ``cfg`` and data ``dims`` (``{"x_in": [...], "x_tgt": D, ...}``)."""
-    from ncssm_policies.models import build_policy
-    from ncssm_policies.registry import registry
-
-    reg = registry()
-    if cfg.model_type not in reg.names():
-        raise ConfigError(
-            f"Config key 'model_type' is {cfg.model_type!r}, which no installed plugin "
-            f"registers; known: {', '.join(reg.names())} (ncssm-train --list-policies).")
-    try:
-        return build_policy(reg.get(cfg.model_type), cfg.mmode, int(dims["x_tgt"]),
-                            int_dim=int(dims.get("int_dim", 16)),
-                            decoder_hidden=tuple(cfg.decoder_hidden), embed_dim=cfg.embed_dim,
-                            **policy_hparams(cfg))
-    except TypeError as err:  # a plugin's make() that does not take these hyper-parameters
-        raise ConfigError(f"Policy {cfg.model_type!r} rejected its hyper-parameters: {err}.") from None
-
-
-def dummy_input(dims: dict, batch: int, length: int):
-    """Zeros shaped like one batch of ``x_in``: an array, or a tuple for two-part modes."""
-    import jax.numpy as jnp
-
-    parts = tuple(jnp.zeros((batch, length, d), jnp.float32) for d in dims["x_in"])
-    return parts if len(parts) > 1 else parts[0]
-
-
-def resolve_root(cfg: TrainConfig) -> Path:
-    """The clip folder: ``root_dir``, or the built-in rodent clips (generated when absent)."""
-    if cfg.root_dir is None:
-        from ncssm_env.synthetic import builtin_clips
-
-        return Path(builtin_clips("rodent"))
-    root = Path(cfg.root_dir).expanduser()
-    if not root.is_dir():
-        raise ConfigError(f"Config key 'root_dir' is {cfg.root_dir!r}, which is not a folder.")
-    if not any(root.glob("clip_*.h5")):
-        raise ConfigError(
-            f"Data folder {root} (root_dir) holds no clip_<i>.h5 files; generate some with "
-            f"'ncssm-data generate --out {root}' or point root_dir elsewhere.")
-    return root
-
-
-def data_dims(cfg: TrainConfig, ds) -> dict:
-    """The dims the model is built for, from the data; written dims are checked against it."""
-    dims = {"x_in": [int(d) for d in ds.dims["x_in"]], "x_tgt": int(ds.dims["x_tgt"])}
-    if cfg.in_dim is not None and list(cfg.in_dim) != dims["x_in"]:
-        raise ConfigError(f"Config key 'in_dim' is {cfg.in_dim}, but the {cfg.mmode} inputs of "
-                          f"{ds.root_dir} have widths {dims['x_in']}.")
-    if cfg.out_dim is not None and cfg.out_dim != dims["x_tgt"]:
-        raise ConfigError(f"Config key 'out_dim' is {cfg.out_dim}, but the {cfg.mmode} target "
-                          f"of {ds.root_dir} has width {dims['x_tgt']}.")
-    if cfg.mmode == "state_intention_controller":
-        have = ds.store.dims["latent_mean"][0] if ds.store.has("latent_mean") else None
-        dims["int_dim"] = int(cfg.int_dim or have or 16)
-    if ds.n_syllables is not None:
-        dims["n_syllables"] = int(ds.n_syllables)
-    return dims
 
 
 def make_datasets(cfg: TrainConfig, root: Path, normalizer, start_step: int):
@@ -305,6 +226,32 @@ def r2_scores(sse: np.ndarray, total: np.ndarray, sumsq: np.ndarray, n: int) -> 
             "per_dim": [None if not math.isfinite(v) else float(v) for v in per_dim]}
 
 
+@dataclass
+class Setup:
+    """What a run starts from: its config and folders, its datasets and the dims they give,
+    and, when it resumes, the checkpoint's ``(kind, step)`` and its JSON items."""
+
+    cfg: TrainConfig
+    run_dir: Path
+    ckpt_root: Path
+    clip_dir: Path
+    train_ds: Any
+    val_ds: Any
+    dims: dict
+    resume: tuple[str, int] | None = None
+    saved: dict | None = None
+
+
+@dataclass
+class State:
+    """The live training state: params, optimizer state, dropout key, best val loss so far."""
+
+    params: Any
+    opt_state: Any
+    key: Any
+    best_val: float = math.inf
+
+
 def train(cfg: TrainConfig, run_dir: str | Path | None = None, progress: bool = True,
           plots: bool = True) -> RunResult:
     """Train ``cfg``. With ``run_dir`` holding checkpoints, resume from its newest one."""
@@ -312,7 +259,7 @@ def train(cfg: TrainConfig, run_dir: str | Path | None = None, progress: bool = 
 
     run_dir = Path(run_dir) if run_dir is not None else new_run_dir(cfg)
     ckpt_root = Path(cfg.ckpt_dir) if cfg.ckpt_dir else run_dir / "checkpoints"
-    root = resolve_root(cfg)
+    clip_dir = resolve_clip_dir(cfg)
 
     # Resume: the newest checkpoint of this run folder, if any.
     resume = None
@@ -326,120 +273,159 @@ def train(cfg: TrainConfig, run_dir: str | Path | None = None, progress: bool = 
         ckpt.check_same_model(saved["config"], cfg, str(ckpt_root))
 
     normalizer = ckpt.norm_from_json(saved["norm"]) if saved else None
-    start = resume[1] if resume else 0
-    train_ds, val_ds = make_datasets(cfg, root, normalizer, start)
+    train_ds, val_ds = make_datasets(cfg, clip_dir, normalizer, resume[1] if resume else 0)
     try:
         dims = data_dims(cfg, train_ds)
         if saved and saved["meta"].get("dims") != dims:
             raise ckpt.CheckpointError(
                 f"Checkpoint {ckpt_root} was trained on data of dims {saved['meta'].get('dims')}, "
-                f"but {root} gives {dims}.")
-        return _run(cfg, run_dir, ckpt_root, root, train_ds, val_ds, dims, resume, saved,
-                    progress, plots)
+                f"but {clip_dir} gives {dims}.")
+        return run(Setup(cfg, run_dir, ckpt_root, clip_dir, train_ds, val_ds, dims, resume,
+                         saved), progress, plots)
     finally:
         train_ds.close()
         val_ds.close()
 
 
-def _run(cfg, run_dir, ckpt_root, root, train_ds, val_ds, dims, resume, saved, progress, plots):
+def run(setup: Setup, progress: bool = True, plots: bool = True) -> RunResult:
+    """The run, top to bottom: build the model and optimizer, start (or restore) the state,
+    train epoch by epoch with validation and checkpoints, then write the plots and summary and
+    evaluate closed loop."""
     import jax
     from tqdm.auto import tqdm
 
     from ncssm_env.jax_cache import enable_compilation_cache
     from ncssm_policies import checkpoint as ckpt
 
+    cfg = setup.cfg
     enable_compilation_cache()  # a second run of the same shapes loads its compiled step
-    model = build_model(cfg, dims)
+    model = build_model(cfg, setup.dims)
     total = cfg.epochs * cfg.iters_per_epoch
     tx, lr_schedule = make_optimizer(cfg, total)
-    key = jax.random.PRNGKey(cfg.seed)
-    init_key, dropout_key = jax.random.split(key)
-    params = model.init(init_key, dummy_input(dims, 1, 2))["params"]
-    opt_state = tx.init(params)
-    train_state = {"opt_state": opt_state, "key": dropout_key, "step": np.asarray(0, np.int64)}
-
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(_yaml(cfg))
-    manager = ckpt.Checkpoints(ckpt_root, cfg.keep_ckpts)
-    best_val = math.inf
-    start = 0
-    if resume is not None:
-        kind, step = resume
-        params, train_state = ckpt.restore(getattr(manager, kind), step, params, train_state,
-                                           str(ckpt_root))
-        start = int(train_state["step"])
-        best_val = saved["meta"].get("best_val_loss") or math.inf
+    setup.run_dir.mkdir(parents=True, exist_ok=True)
+    (setup.run_dir / "config.yaml").write_text(_yaml(cfg))
+    manager = ckpt.Checkpoints(setup.ckpt_root, cfg.keep_ckpts)
+    state, start = _start(setup, model, tx, manager)
 
     shard = _shardings(cfg.batch_size)
-    put_state = (lambda t: jax.device_put(t, shard[0])) if shard else jax.device_put
     put_batch = (lambda t: jax.device_put(t, shard[1])) if shard else jax.device_put
-    params = put_state(params)
-    opt_state, dropout_key = put_state(train_state["opt_state"]), put_state(train_state["key"])
     train_step, eval_step = make_steps(model, tx)
-    val_batches = [put_batch(next(val_ds)) for _ in range(cfg.val_steps)]
-    norm_json = ckpt.norm_to_json(train_ds.normalizer)
-
-    logger = Logger(cfg, run_dir)
+    val_batches = [put_batch(next(setup.val_ds)) for _ in range(cfg.val_steps)]
+    norm_json = ckpt.norm_to_json(setup.train_ds.normalizer)
+    logger = Logger(cfg, setup.run_dir)
     bar = tqdm(total=total, initial=start, desc=f"ncssm-train {cfg.name}", unit="step",
                disable=not progress, dynamic_ncols=True)
-    last_loss = float("nan")
-    val_loss, r2 = float("nan"), {}
+    train_loss, val_loss, r2 = float("nan"), float("nan"), {}
     try:
         for epoch in range(start // cfg.iters_per_epoch, cfg.epochs):
-            losses = []
-            for _ in range(cfg.iters_per_epoch):
-                step = len(losses) + epoch * cfg.iters_per_epoch
-                x_in, x_tgt = put_batch(next(train_ds))
-                params, opt_state, loss = train_step(params, opt_state, dropout_key, step,
-                                                     x_in, x_tgt)
-                losses.append(loss)
-                bar.update(1)
-                if (step + 1) % 10 == 0 or step + 1 == total:
-                    last_loss = float(loss)
-                    _check_finite(last_loss, step + 1, ckpt_root)
-                    bar.set_postfix(loss=f"{last_loss:.4g}")
-                    logger.log({"step": step + 1, "epoch": epoch, "train_loss": last_loss,
-                                "lr": float(lr_schedule(step))})
-            epoch_loss = float(np.mean(jax.device_get(losses)))
-            _check_finite(epoch_loss, (epoch + 1) * cfg.iters_per_epoch, ckpt_root)
-            val_loss, r2 = _validate(eval_step, params, val_batches)
-            _check_finite(val_loss, (epoch + 1) * cfg.iters_per_epoch, ckpt_root, "val")
+            train_loss = _train_epoch(setup, state, epoch, train_step, put_batch, lr_schedule,
+                                      logger, bar)
+            val_loss, r2 = _validate(eval_step, state.params, val_batches)
             step = (epoch + 1) * cfg.iters_per_epoch
-            logger.log({"step": step, "epoch": epoch, "epoch_train_loss": epoch_loss,
+            _check_finite(val_loss, step, setup.ckpt_root, "val")
+            logger.log({"step": step, "epoch": epoch, "epoch_train_loss": train_loss,
                         "val_loss": val_loss, "val_r2": r2["mean"]})
-            bar.set_postfix(loss=f"{epoch_loss:.4g}", val=f"{val_loss:.4g}")
-            last_loss = epoch_loss
-            state = {"opt_state": opt_state, "key": dropout_key, "step": np.asarray(step, np.int64)}
-            meta = {"dims": dims, "epoch": epoch + 1, "step": step, "val_loss": val_loss,
-                    "best_val_loss": min(best_val, val_loss), "train_loss": epoch_loss}
-            if val_loss < best_val:
-                best_val = val_loss
-                manager.save("best", step, params, state, cfg, norm_json, meta)
-            if (epoch + 1) % cfg.ckpt_freq == 0 or epoch + 1 == cfg.epochs:
-                manager.save("periodic", step, params, state, cfg, norm_json, meta)
+            bar.set_postfix(loss=f"{train_loss:.4g}", val=f"{val_loss:.4g}")
+            _save(setup, state, manager, epoch, step, train_loss, val_loss, norm_json)
     finally:
         bar.close()
         logger.close()
         manager.close()
+    result = RunResult(setup.run_dir, total, train_loss, val_loss, r2,
+                       resumed_from=setup.resume[1] if setup.resume else None)
+    return _finish(setup, result, model, state.params, val_batches[0], logger.path, plots,
+                   progress)
 
-    result = RunResult(run_dir, total, last_loss, val_loss, r2,
-                       resumed_from=resume[1] if resume else None)
-    result.paths = {"run folder": str(run_dir), "metrics": str(logger.path),
-                    "checkpoints": str(ckpt_root)}
+
+def _start(setup: Setup, model, tx, manager) -> tuple[State, int]:
+    """The state to train from, on the devices, and its step: fresh from the config's seed,
+    or restored from the checkpoint ``setup.resume``."""
+    import jax
+
+    from ncssm_policies import checkpoint as ckpt
+
+    cfg = setup.cfg
+    init_key, dropout_key = jax.random.split(jax.random.PRNGKey(cfg.seed))
+    params = model.init(init_key, dummy_input(setup.dims, 1, 2))["params"]
+    train_state = {"opt_state": tx.init(params), "key": dropout_key,
+                   "step": np.asarray(0, np.int64)}
+    best_val, start = math.inf, 0
+    if setup.resume is not None:
+        kind, step = setup.resume
+        params, train_state = ckpt.restore(getattr(manager, kind), step, params, train_state,
+                                           str(setup.ckpt_root))
+        start = int(train_state["step"])
+        best_val = setup.saved["meta"].get("best_val_loss") or math.inf
+    shard = _shardings(cfg.batch_size)
+    put = (lambda t: jax.device_put(t, shard[0])) if shard else jax.device_put
+    return State(put(params), put(train_state["opt_state"]), put(train_state["key"]),
+                 best_val), start
+
+
+def _train_epoch(setup: Setup, state: State, epoch: int, train_step, put_batch, lr_schedule,
+                 logger, bar) -> float:
+    """``iters_per_epoch`` training steps on ``state`` (updated in place); the epoch's mean
+    loss. Every 10 steps the loss is logged and checked to be finite."""
+    import jax
+
+    cfg = setup.cfg
+    total = cfg.epochs * cfg.iters_per_epoch
+    losses = []
+    for i in range(cfg.iters_per_epoch):
+        step = epoch * cfg.iters_per_epoch + i
+        x_in, x_tgt = put_batch(next(setup.train_ds))
+        state.params, state.opt_state, loss = train_step(state.params, state.opt_state,
+                                                         state.key, step, x_in, x_tgt)
+        losses.append(loss)
+        bar.update(1)
+        if (step + 1) % 10 == 0 or step + 1 == total:
+            last = float(loss)
+            _check_finite(last, step + 1, setup.ckpt_root)
+            bar.set_postfix(loss=f"{last:.4g}")
+            logger.log({"step": step + 1, "epoch": epoch, "train_loss": last,
+                        "lr": float(lr_schedule(step))})
+    epoch_loss = float(np.mean(jax.device_get(losses)))
+    _check_finite(epoch_loss, (epoch + 1) * cfg.iters_per_epoch, setup.ckpt_root)
+    return epoch_loss
+
+
+def _save(setup: Setup, state: State, manager, epoch: int, step: int, train_loss: float,
+          val_loss: float, norm_json) -> None:
+    """The epoch's checkpoints: ``best`` when the val loss improved, ``periodic`` every
+    ``ckpt_freq`` epochs and at the end."""
+    cfg = setup.cfg
+    saved = {"opt_state": state.opt_state, "key": state.key, "step": np.asarray(step, np.int64)}
+    meta = {"dims": setup.dims, "epoch": epoch + 1, "step": step, "val_loss": val_loss,
+            "best_val_loss": min(state.best_val, val_loss), "train_loss": train_loss}
+    if val_loss < state.best_val:
+        state.best_val = val_loss
+        manager.save("best", step, state.params, saved, cfg, norm_json, meta)
+    if (epoch + 1) % cfg.ckpt_freq == 0 or epoch + 1 == cfg.epochs:
+        manager.save("periodic", step, state.params, saved, cfg, norm_json, meta)
+
+
+def _finish(setup: Setup, result: RunResult, model, params, val_batch, metrics_path: Path,
+            plots: bool, progress: bool) -> RunResult:
+    """The plots, the closed-loop evaluation of a mode that acts, and ``summary.json``."""
+    from ncssm_data.modes import get_mode
+    from ncssm_policies.rollout import evaluate
+
+    cfg, run_dir = setup.cfg, setup.run_dir
+    result.paths = {"run folder": str(run_dir), "metrics": str(metrics_path),
+                    "checkpoints": str(setup.ckpt_root)}
     if plots:
         from ncssm_policies import plots as plotting
 
-        result.paths["learning curve"] = str(plotting.learning_curve(logger.path,
-                                                                      run_dir / "learning_curve.png"))
+        result.paths["learning curve"] = str(plotting.learning_curve(
+            metrics_path, run_dir / "learning_curve.png"))
         result.paths["predicted vs true"] = str(plotting.pred_vs_true(
-            model, params, val_batches[0], train_ds.normalizer, cfg.mmode,
+            model, params, val_batch, setup.train_ds.normalizer, cfg.mmode,
             run_dir / "pred_vs_true.png"))
     summary = {"name": cfg.name, "mmode": cfg.mmode, "model_type": cfg.model_type,
-               "target": train_ds.mode.x_tgt, "step": total, "train_loss": last_loss,
-               "val_loss": val_loss, "val_r2": r2, "paths": result.paths}
-    from ncssm_policies.rollout import CONTROL_MODES, evaluate
-
-    if cfg.eval_episodes and cfg.mmode in CONTROL_MODES:
+               "target": setup.train_ds.mode.x_tgt, "step": result.step,
+               "train_loss": result.train_loss, "val_loss": result.val_loss,
+               "val_r2": result.val_r2, "paths": result.paths}
+    if cfg.eval_episodes and get_mode(cfg.mmode).acts:
         ev = evaluate(run_dir, num_envs=min(cfg.eval_envs, cfg.eval_episodes),
                       episodes=cfg.eval_episodes, seed=cfg.seed, progress=progress)
         result.closed_loop = summary["closed_loop"] = ev.summary

@@ -138,7 +138,7 @@ def test_solver_settings(test_clips):
         mujoco.mjtSolver.mjSOL_CG, 5, 4)
     with pytest.raises(ValueError, match="Unknown solver 'pgs'; expected one of"):
         build_model("test", solver="pgs")
-    with pytest.raises(ValueError, match="iterations must be an int >= 1 or None"):
+    with pytest.raises(ValueError, match="iterations must be an int >= 1, got 0"):
         build_model("test", iterations=0)
-    with pytest.raises(ValueError, match="ls_iterations must be an int >= 1 or None"):
+    with pytest.raises(ValueError, match="ls_iterations must be an int >= 1, got 2.5"):
         build_model("test", ls_iterations=2.5)

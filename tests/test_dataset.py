@@ -441,3 +441,16 @@ def test_bad_syllable_labels(arhmm_clips, labels, match, preload):
     # a dataset the store knows but that is no label array
     with pytest.raises(ClipError, match=r"'ctrl' has shape .* syllable labels must be integers >= 0"):
         ClipDataset(arhmm_clips, seg_len=20, mmode="syllable_state_intention", syllable_key="ctrl")
+
+
+def test_a_modes_behaviour_follows_from_its_row():
+    from ncssm_data.modes import MODES, Mode
+
+    assert {m for m, d in MODES.items() if d.acts} == {
+        "state_action", "state_intention_controller", "syllable_state_intention"}
+    assert {m for m, d in MODES.items() if d.feeds_back} == {"pure_state", "pure_intention"}
+    assert {m: d.family for m, d in MODES.items() if d.family != "sequence"} == {
+        "state_intention_controller": "controller", "syllable_state_intention": "syllable"}
+    new = Mode("intention_action", ("latent_mean",), "ctrl")  # a row someone might add
+    assert (new.acts, new.feeds_back, new.family, new.sources) == (
+        True, False, "sequence", ("latent_mean", "ctrl"))

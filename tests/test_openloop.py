@@ -14,7 +14,7 @@ MODES = ("pure_state", "pure_intention", "state_intention")
 
 
 def tiny_run(test_clips, tmp_path, mode):
-    cfg = TrainConfig(root_dir=str(test_clips), seg_len=30, batch_size=4, epochs=1,
+    cfg = TrainConfig(clip_dir=str(test_clips), seg_len=30, batch_size=4, epochs=1,
                       iters_per_epoch=3, val_steps=1, d_model=16, ssm_size=8, blocks=2,
                       n_layers=1, runs_dir=str(tmp_path), mmode=mode)
     return train(cfg, progress=False, plots=False).run_dir

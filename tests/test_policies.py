@@ -5,7 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ncssm_policies.models import SEQUENCE_MODES, build_policy
+from ncssm_data.modes import MODES as ALL_MODES
+from ncssm_policies.models import build_policy
 from ncssm_policies.registry import registry
 
 B = 2
@@ -91,7 +92,7 @@ def test_gradients_are_finite(policy):
     assert any(float(jnp.abs(g).max()) > 0 for g in leaves)
 
 
-@pytest.mark.parametrize("mode", SEQUENCE_MODES)
+@pytest.mark.parametrize("mode", [m for m, d in ALL_MODES.items() if d.family == "sequence"])
 def test_sequence_modes_use_the_policy_as_is(mode):
     spec = registry().get("s5")
     model = build_policy(spec, mode, 3, **SMALL["s5"])

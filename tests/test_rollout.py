@@ -7,14 +7,17 @@ import pytest
 from ncssm_env.body import build_model
 from ncssm_policies.checkpoint import CheckpointError, load_policy
 from ncssm_policies.config import TrainConfig
-from ncssm_policies.rollout import CONTROL_MODES, evaluate
+from ncssm_data.modes import MODES, get_mode
+from ncssm_policies.rollout import evaluate
+
+CONTROL_MODES = [name for name, mode in MODES.items() if mode.acts]
 from ncssm_policies.train import train
 
 CAUSES = {"end", "too_far", "bad_pose", "bad_orientation", "bad_height", "nan"}
 
 
 def tiny_run(test_clips, tmp_path, mode):
-    cfg = TrainConfig(root_dir=str(test_clips), seg_len=30, batch_size=4, epochs=1,
+    cfg = TrainConfig(clip_dir=str(test_clips), seg_len=30, batch_size=4, epochs=1,
                       iters_per_epoch=3, val_steps=1, d_model=16, ssm_size=8, blocks=2,
                       n_layers=1, runs_dir=str(tmp_path), mmode=mode, eval_episodes=0)
     return train(cfg, progress=False, plots=False).run_dir
@@ -198,8 +201,9 @@ def test_syllable_table_reads_the_syllable_key(test_clips, tmp_path):
             f.create_dataset("syllables_arhmm", data=(7 - f["syllables"][()]).astype(np.int64))
     with ClipStore(root) as store:
         lengths = store.lengths[[2, 0]]
-        own = _syllable_table(store, [2, 0], lengths)
+        ssi = get_mode("syllable_state_intention")
+        own = _syllable_table(store, ssi, [2, 0], lengths)
         np.testing.assert_array_equal(own, np.stack([store.read(c, "syllables") for c in (2, 0)]))
-        table = _syllable_table(store, [2, 0], lengths, "syllables_arhmm")
+        table = _syllable_table(store, ssi, [2, 0], lengths, "syllables_arhmm")
         np.testing.assert_array_equal(table, 7 - own)
         assert table.dtype == np.int32

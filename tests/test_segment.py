@@ -9,7 +9,7 @@ import pytest
 
 from ncssm_data import write_clip
 from ncssm_data.errors import ClipError
-from ncssm_data.segment import ARHMM, SegmentConfig, segment, sweep, sweep_table
+from ncssm_policies.arhmm import ARHMM, SegmentConfig, segment, sweep, sweep_table
 
 K_TRUE, D, T, N_CLIPS = 3, 4, 300, 8
 
@@ -137,7 +137,7 @@ def test_sweep_table_is_sorted_and_complete(toy, tmp_path):
     saved = json.loads((tmp_path / "seg" / "sweep.json").read_text())
     assert saved["rows"] == json.loads(json.dumps(rows))
     # The duration rule picks the row whose median duration is nearest the target.
-    from ncssm_data.segment import pick
+    from ncssm_policies.arhmm import pick
 
     target = rows[-1]["median_duration_s"]
     assert rows[pick(rows, "duration", target)]["median_duration_s"] == target
@@ -172,7 +172,7 @@ def test_bad_input(toy, tmp_path):
 def test_ncssm_data_segment_cli(toy, tmp_path, capsys):
     import shutil
 
-    from ncssm_env.cli import main
+    from ncssm_policies.data_cli import main
 
     root = tmp_path / "clips"
     shutil.copytree(toy, root)

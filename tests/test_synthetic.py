@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from ncssm_data import ClipStore
-from ncssm_env.cli import main
+from ncssm_policies.data_cli import main
 from ncssm_env.synthetic import SYLLABLES, Program, generate
 
 

@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 
 from ncssm_data import ClipError
+from ncssm_data.modes import get_mode
 from ncssm_policies.checkpoint import CheckpointError, load_policy
 from ncssm_policies.config import ConfigError, TrainConfig, from_dict, load_config, parse_overrides
-from ncssm_policies.rollout import CONTROL_MODES
 from ncssm_policies.train import TrainingError, main, train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -28,7 +28,7 @@ CONFIGS = sorted(p for p in (REPO / "configs").glob("*.yaml")
 @pytest.fixture()
 def tiny(test_clips, tmp_path):
     """A small, fast config on the test body's clips, writing under tmp_path."""
-    return TrainConfig(root_dir=str(test_clips), seg_len=30, batch_size=4, epochs=2,
+    return TrainConfig(clip_dir=str(test_clips), seg_len=30, batch_size=4, epochs=2,
                        iters_per_epoch=3, val_steps=1, d_model=16, ssm_size=8, blocks=2,
                        n_layers=1, warmup=2, runs_dir=str(tmp_path / "runs"), eval_episodes=2,
                        eval_envs=2)
@@ -59,14 +59,14 @@ def test_shipped_configs_cover_the_modes():
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
 def test_every_config_trains_two_steps(path, test_clips, tmp_path):
-    cfg = load_config(path, [f"root_dir={test_clips}", "epochs=1", "iters_per_epoch=2",
+    cfg = load_config(path, [f"clip_dir={test_clips}", "epochs=1", "iters_per_epoch=2",
                              "val_steps=1", "batch_size=2", "seg_len=20",
                              f"runs_dir={tmp_path}", "eval_episodes=2", "eval_envs=2"])
     result = train(cfg, progress=False, plots=False)
     assert result.step == 2 and np.isfinite(result.val_loss)
     assert load_policy(result.run_dir).config == cfg
     summary = json.loads((result.run_dir / "summary.json").read_text())
-    if cfg.mmode in CONTROL_MODES:  # the run ends with a short closed-loop evaluation
+    if get_mode(cfg.mmode).acts:  # the run ends with a short closed-loop evaluation
         assert summary["closed_loop"]["episodes"] == 2 == result.closed_loop["episodes"]
         assert 0 < summary["closed_loop"]["fraction"]["mean"] <= 1
     else:
@@ -75,12 +75,12 @@ def test_every_config_trains_two_steps(path, test_clips, tmp_path):
 
 def test_overrides_are_typed():
     cfg = load_config(None, ["epochs=3", "learning_rate=1e-3", "conj_sym=false", "name=run7",
-                             "tags=[a, b]", "root_dir=null", "ssm_lr=1", "in_dim=67",
+                             "tags=[a, b]", "clip_dir=null", "ssm_lr=1", "in_dim=67",
                              "model_kwargs={glu: full_glu}"])
     assert cfg.epochs == 3 and isinstance(cfg.epochs, int)
     assert cfg.learning_rate == 1e-3 and cfg.ssm_lr == 1.0 and isinstance(cfg.ssm_lr, float)
     assert cfg.conj_sym is False and cfg.name == "run7" and cfg.tags == ["a", "b"]
-    assert cfg.root_dir is None and cfg.in_dim == [67] and cfg.model_kwargs == {"glu": "full_glu"}
+    assert cfg.clip_dir is None and cfg.in_dim == [67] and cfg.model_kwargs == {"glu": "full_glu"}
     assert parse_overrides(["name=123"]) == {"name": 123}
     with pytest.raises(ConfigError, match="'name' must be a string"):
         load_config(None, ["name=123"])
@@ -148,7 +148,7 @@ def test_syllable_mode_trains_and_evaluates_on_arhmm_labels(tiny, test_clips, tm
             f.create_dataset("syllables_arhmm", data=labels)
             del f["syllables"]
             n_labels = max(n_labels, 1 + int(labels.max()))
-    cfg = tiny.replace(root_dir=str(root), mmode="syllable_state_intention",
+    cfg = tiny.replace(clip_dir=str(root), mmode="syllable_state_intention",
                        syllable_key="syllables_arhmm", epochs=1)
     result = train(cfg, progress=False, plots=False)
     assert np.isfinite(result.val_loss) and result.closed_loop["episodes"] == 2
@@ -185,7 +185,7 @@ def test_load_policy_round_trips(tiny):
     result = train(tiny.replace(mmode="state_intention_controller"), progress=False, plots=False)
     loaded = load_policy(result.run_dir / "checkpoints", which="latest")
     assert loaded.config.mmode == "state_intention_controller" and loaded.step == 6
-    val = ClipDataset(tiny.root_dir, batch_size=4, split="val", seg_len=30,
+    val = ClipDataset(tiny.clip_dir, batch_size=4, split="val", seg_len=30,
                       mmode="state_intention_controller", normalizer=loaded.normalizer)
     x_in, x_tgt = next(val)
     y = loaded.model.apply({"params": loaded.params}, x_in)
@@ -204,7 +204,7 @@ RESUME_CFG = dict(seg_len=30, batch_size=4, epochs=8, iters_per_epoch=4, val_ste
 
 
 def test_exact_resume_after_sigkill(test_clips, tmp_path):
-    cfg = TrainConfig(root_dir=str(test_clips), runs_dir=str(tmp_path), **RESUME_CFG)
+    cfg = TrainConfig(clip_dir=str(test_clips), runs_dir=str(tmp_path), **RESUME_CFG)
     path = tmp_path / "cfg.yaml"
     path.write_text(cfg.to_json())  # JSON is YAML
     run = tmp_path / "killed"
@@ -236,7 +236,7 @@ def test_exact_resume_after_sigkill(test_clips, tmp_path):
 
 
 def test_two_devices_match_one(test_clips, tmp_path):
-    cfg = TrainConfig(root_dir=str(test_clips), **{**RESUME_CFG, "epochs": 1, "iters_per_epoch": 3})
+    cfg = TrainConfig(clip_dir=str(test_clips), **{**RESUME_CFG, "epochs": 1, "iters_per_epoch": 3})
     path = tmp_path / "cfg.yaml"
     path.write_text(cfg.to_json())
     code = ("import sys, jax; from ncssm_policies.config import load_config; "
@@ -260,7 +260,7 @@ def test_two_devices_match_one(test_clips, tmp_path):
 
 def test_two_devices_need_a_divisible_batch(test_clips, tmp_path):
     code = ("from ncssm_policies.config import TrainConfig; from ncssm_policies.train import train; "
-            f"train(TrainConfig(root_dir={str(test_clips)!r}, batch_size=3, seg_len=20, "
+            f"train(TrainConfig(clip_dir={str(test_clips)!r}, batch_size=3, seg_len=20, "
             f"runs_dir={str(tmp_path)!r}), progress=False)")
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
@@ -369,8 +369,8 @@ def test_unknown_model_type_and_mode(tiny):
 
 def test_data_folder_without_clips(tiny, tmp_path):
     (tmp_path / "empty").mkdir()
-    with pytest.raises(ConfigError, match=r"Data folder .*empty \(root_dir\) holds no clip_<i>\.h5"):
-        train(tiny.replace(root_dir=str(tmp_path / "empty")), progress=False)
+    with pytest.raises(ConfigError, match=r"Data folder .*empty \(clip_dir\) holds no clip_<i>\.h5"):
+        train(tiny.replace(clip_dir=str(tmp_path / "empty")), progress=False)
 
 
 def test_checkpoint_of_another_model(tiny, tmp_path):

@@ -26,6 +26,9 @@ frames), the median syllable duration in frames and seconds, and, when the clips
 true ``/syllables``, the adjusted Rand index and normalized mutual information against them.
 
 ``ncssm-data segment --config configs/segment.yaml [--override k=v ...] [--sweep]``.
+
+It lives with the models (it is a probabilistic sequence model, on JAX through dynamax), above
+the clip layer it reads and writes.
 """
 
 from __future__ import annotations
@@ -40,11 +43,11 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from ncssm_data.clips import _SPECS, ClipStore, atomic_path
+from ncssm_data.clips import SCHEMA_KEYS, ClipStore, atomic_path
 from ncssm_data.dataset import split_clips
 from ncssm_data.errors import ClipError
 
-RESERVED = frozenset(_SPECS)  # the clip schema's datasets: never written here
+RESERVED = SCHEMA_KEYS  # the clip schema's datasets: never written here
 SELECT = ("loglik", "duration")
 IN_USE = 0.01  # a state is in use when it labels at least this fraction of frames
 
@@ -474,11 +477,9 @@ class Data:
 
 
 def load_data(cfg: SegmentConfig) -> Data:
-    root = Path(cfg.clip_dir) if cfg.clip_dir else None
-    if root is None:
-        from ncssm_env.synthetic import builtin_clips
+    from ncssm_env.synthetic import clips_or_builtin
 
-        root = Path(builtin_clips("rodent"))
+    root = clips_or_builtin(cfg.clip_dir or None)
     with ClipStore(root) as store:
         n = len(store)
         raw = read_features(store, cfg.feature, range(n))

@@ -1,5 +1,8 @@
 """``ncssm-data``: make clip files, and label them with behavioural syllables.
 
+It sits at the top of the house (its ``segment`` fits an AR-HMM, a model), so that
+``ncssm_data`` and ``ncssm_env`` import nothing above them.
+
     ncssm-data generate --body rodent --clips 32 --frames 600 --seed 0 --out DIR
     ncssm-data segment --config configs/segment.yaml [--override key=value ...] [--sweep]
 """
@@ -22,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     gen.add_argument("--seed", type=int, default=0)
     gen.add_argument("--out", required=True, help="folder for clip_<i>.h5")
     seg = sub.add_parser("segment", help="fit a sticky AR-HMM to clips and write its syllables "
-                                         "into them (see ncssm_data.segment)")
+                                         "into them (see ncssm_policies.arhmm)")
     seg.add_argument("--config", help="a YAML config (default: configs/segment.yaml's values)")
     seg.add_argument("--override", nargs="+", default=[], metavar="KEY=VALUE",
                      help="config values, each read as a YAML scalar")
@@ -50,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _segment(args) -> int:
     from ncssm_data.errors import ClipError
-    from ncssm_data.segment import SegmentConfig, segment, sweep, sweep_table
+    from ncssm_policies.arhmm import SegmentConfig, segment, sweep, sweep_table
     from ncssm_policies.config import ConfigError, load_config
 
     try:

@@ -1,0 +1,124 @@
+"""What training, checkpoints and evaluation share: the policy a config builds, its inputs'
+shapes, and the clips a run reads.
+
+- :func:`build_model`: the Flax module for a config and the data's dims (the registered
+  policy inside the family its mode needs), with :func:`policy_hparams` and
+  :func:`dummy_input`; :func:`model_init_params` gives the parameter shapes;
+- :func:`data_dims`: the dims a model is built for, from its training data;
+- :func:`resolve_clip_dir` and :func:`held_out_clips`: the clip folder of a run and the clips
+  its training held out.
+
+Training (:mod:`ncssm_policies.train`), checkpoints (:mod:`ncssm_policies.checkpoint`),
+closed-loop evaluation (:mod:`ncssm_policies.rollout`) and open-loop scoring
+(:mod:`ncssm_policies.openloop`) sit above this module and import no internals of each other.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ncssm_data.modes import get_mode
+from ncssm_policies.config import ConfigError, TrainConfig
+
+
+def policy_hparams(cfg: TrainConfig) -> dict:
+    """The keyword arguments ``make(out_dim, **hparams)`` of ``cfg.model_type`` receives.
+
+    Every policy gets ``d_model`` and ``n_layers``; S5 and Mamba get their layer keys (and
+    ``dropout``) as ``layer_kwargs``, with ``model_kwargs`` merged in; a plugin's policy gets
+    ``model_kwargs`` as they are.
+    """
+    if cfg.model_type == "s5":
+        layer = dict(state_dim=cfg.ssm_size, blocks=cfg.blocks, C_init=cfg.c_init,
+                     discretization=cfg.discretization, dt_min=cfg.dt_min, dt_max=cfg.dt_max,
+                     conj_sym=cfg.conj_sym, clip_eigs=cfg.clip_eigs,
+                     bidirectional=cfg.bidirectional, dropout=cfg.dropout)
+    elif cfg.model_type == "mamba":
+        layer = dict(d_state=cfg.d_state, expand=cfg.expand, dt_min=cfg.dt_min,
+                     dt_max=cfg.dt_max, dropout=cfg.dropout)
+    else:
+        return dict(d_model=cfg.d_model, n_layers=cfg.n_layers, **cfg.model_kwargs)
+    return dict(d_model=cfg.d_model, n_layers=cfg.n_layers,
+                layer_kwargs={**layer, **cfg.model_kwargs})
+
+
+def build_model(cfg: TrainConfig, dims: dict):
+    """The Flax module for ``cfg`` and data ``dims`` (``{"x_in": [...], "x_tgt": D, ...}``)."""
+    from ncssm_policies.models import build_policy
+    from ncssm_policies.registry import registry
+
+    reg = registry()
+    if cfg.model_type not in reg.names():
+        raise ConfigError(
+            f"Config key 'model_type' is {cfg.model_type!r}, which no installed plugin "
+            f"registers; known: {', '.join(reg.names())} (ncssm-train --list-policies).")
+    try:
+        return build_policy(reg.get(cfg.model_type), cfg.mmode, int(dims["x_tgt"]),
+                            int_dim=int(dims.get("int_dim", 16)),
+                            decoder_hidden=tuple(cfg.decoder_hidden), embed_dim=cfg.embed_dim,
+                            **policy_hparams(cfg))
+    except TypeError as err:  # a plugin's make() that does not take these hyper-parameters
+        raise ConfigError(f"Policy {cfg.model_type!r} rejected its hyper-parameters: {err}.") from None
+
+
+def dummy_input(dims: dict, batch: int, length: int):
+    """Zeros shaped like one batch of ``x_in``: an array, or a tuple for two-part modes."""
+    import jax.numpy as jnp
+
+    parts = tuple(jnp.zeros((batch, length, d), jnp.float32) for d in dims["x_in"])
+    return parts if len(parts) > 1 else parts[0]
+
+
+def resolve_clip_dir(cfg: TrainConfig) -> Path:
+    """The clip folder: ``clip_dir``, or the built-in rodent clips (generated when absent)."""
+    if cfg.clip_dir is None:
+        from ncssm_env.synthetic import clips_or_builtin
+
+        return clips_or_builtin(None)
+    root = Path(cfg.clip_dir).expanduser()
+    if not root.is_dir():
+        raise ConfigError(f"Config key 'clip_dir' is {cfg.clip_dir!r}, which is not a folder.")
+    if not any(root.glob("clip_*.h5")):
+        raise ConfigError(
+            f"Data folder {root} (clip_dir) holds no clip_<i>.h5 files; generate some with "
+            f"'ncssm-data generate --out {root}' or point clip_dir elsewhere.")
+    return root
+
+
+def data_dims(cfg: TrainConfig, ds) -> dict:
+    """The dims the model is built for, from the data; written dims are checked against it."""
+    dims = {"x_in": [int(d) for d in ds.dims["x_in"]], "x_tgt": int(ds.dims["x_tgt"])}
+    if cfg.in_dim is not None and list(cfg.in_dim) != dims["x_in"]:
+        raise ConfigError(f"Config key 'in_dim' is {cfg.in_dim}, but the {cfg.mmode} inputs of "
+                          f"{ds.root_dir} have widths {dims['x_in']}.")
+    if cfg.out_dim is not None and cfg.out_dim != dims["x_tgt"]:
+        raise ConfigError(f"Config key 'out_dim' is {cfg.out_dim}, but the {cfg.mmode} target "
+                          f"of {ds.root_dir} has width {dims['x_tgt']}.")
+    if get_mode(cfg.mmode).family == "controller":  # its intention width
+        have = ds.store.dims["latent_mean"][0] if ds.store.has("latent_mean") else None
+        dims["int_dim"] = int(cfg.int_dim or have or 16)
+    if ds.n_syllables is not None:
+        dims["n_syllables"] = int(ds.n_syllables)
+    return dims
+
+
+def model_init_params(model, dims: dict, seed: int = 0):
+    """Freshly initialized params of ``model`` for data of ``dims`` (shapes only matter here)."""
+    import jax
+
+    x = dummy_input(dims, batch=1, length=2)
+    return jax.eval_shape(lambda: model.init(jax.random.PRNGKey(seed), x)["params"])
+
+
+def held_out_clips(pol, clip_dir=None) -> np.ndarray:
+    """The val clip indices of ``pol``'s training run, (n_val,) int: the split training made
+    of the folder ``clip_dir`` (None: the folder the run trained on) from the run's
+    ``train_frac`` and ``seed`` (:func:`ncssm_data.split_clips`)."""
+    from ncssm_data import ClipStore, split_clips
+
+    root = Path(clip_dir) if clip_dir is not None else resolve_clip_dir(pol.config)
+    with ClipStore(root) as store:
+        n = len(store)
+    return split_clips(n, pol.config.train_frac, pol.config.seed)[1]
