@@ -14,7 +14,7 @@ Compile time here is trace, lower and compile (``jit(f).lower(...).compile()``);
 result" adds the first call, where Warp builds (or loads) its kernels.
 
     python benchmarks/compile_cache.py                                  # rodent, warp, 64 envs
-    python benchmarks/compile_cache.py --body test --impl jax --num-envs 4 --steps 5   # smoke
+    python benchmarks/compile_cache.py --parts train                    # smoke: the train step
 """
 
 from __future__ import annotations
@@ -30,7 +30,6 @@ import time
 
 def child(args) -> dict:
     import jax
-    import jax.numpy as jnp
 
     from ncssm_env.jax_cache import enable_compilation_cache
     from ncssm_env.mjx_env import MJXTrackEnv
@@ -38,25 +37,40 @@ def child(args) -> dict:
 
     enable_compilation_cache()
     times = {}
-    env = MJXTrackEnv(body=args.body, impl=args.impl, num_envs=args.num_envs)
-    run, run_args = env_scan(env, args.num_envs, args.steps, 0.2)
-    t = time.perf_counter()
-    compiled = jax.jit(run).lower(*run_args).compile()
-    times["env"] = time.perf_counter() - t
-    jax.block_until_ready(compiled(*run_args))  # Warp builds its kernels at the first call
-    times["env_first"] = time.perf_counter() - t
+    if "env" in args.parts:
+        env = MJXTrackEnv(body=args.body, clip_dir=args.clip_dir, impl=args.impl,
+                          num_envs=args.num_envs)
+        run, run_args = env_scan(env, args.num_envs, args.steps, 0.2)
+        t = time.perf_counter()
+        compiled = jax.jit(run).lower(*run_args).compile()
+        times["env"] = time.perf_counter() - t
+        jax.block_until_ready(compiled(*run_args))  # Warp builds its kernels at the first call
+        times["env_first"] = time.perf_counter() - t
+    if "train" in args.parts:
+        times.update(train_times())
+    times["device"] = f"{jax.devices()[0].device_kind} ({jax.devices()[0].platform})"
+    return times
 
+
+def train_times(body: str = "rodent") -> dict:
+    """Compile and first-call seconds of the quickstart's training step on ``body``'s dims."""
+    import jax
+    import jax.numpy as jnp
+
+    from ncssm_env.body import build_model as build_body
+    from ncssm_policies.build import build_model, dummy_input
     from ncssm_policies.config import load_config
-    from ncssm_policies.train import build_model, dummy_input, make_optimizer, make_steps
+    from ncssm_policies.train import make_optimizer, make_steps
 
     cfg = load_config(None)
-    a, b = env.obs_layout["qpos_local"]
-    dims = {"x_in": [b - a], "x_tgt": env.action_size}
+    m = build_body(body)
+    dims = {"x_in": [m.nq - 7], "x_tgt": m.nu}  # state_action: qpos_local -> ctrl
     model = build_model(cfg, dims)
     tx, _ = make_optimizer(cfg, 100)
     params = model.init(jax.random.PRNGKey(0), dummy_input(dims, 1, 2))["params"]
-    x_in = jnp.zeros((cfg.batch_size, cfg.seg_len, b - a))
-    x_tgt = jnp.zeros((cfg.batch_size, cfg.seg_len, env.action_size))
+    x_in = jnp.zeros((cfg.batch_size, cfg.seg_len, m.nq - 7))
+    x_tgt = jnp.zeros((cfg.batch_size, cfg.seg_len, m.nu))
+    times = {}
     train_step, _ = make_steps(model, tx)
     t = time.perf_counter()
     step_args = (params, tx.init(params), jax.random.PRNGKey(0), 0, x_in, x_tgt)
@@ -64,7 +78,6 @@ def child(args) -> dict:
     times["train"] = time.perf_counter() - t
     jax.block_until_ready(compiled(*step_args))
     times["train_first"] = time.perf_counter() - t
-    times["device"] = f"{jax.devices()[0].device_kind} ({jax.devices()[0].platform})"
     return times
 
 
@@ -74,6 +87,8 @@ def main() -> None:
     p.add_argument("--impl", default="warp", choices=("jax", "warp", "auto"))
     p.add_argument("--num-envs", type=int, default=64)
     p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--clip-dir", default=None, help="clips of --body (default: the built-in ones)")
+    p.add_argument("--parts", default="env,train", help="what to compile: env, train or both")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
@@ -91,7 +106,7 @@ def main() -> None:
     cold, warm = runs
     print(f"{args.body}, impl {args.impl}, N {args.num_envs}, {args.steps} steps, on "
           f"{cold['device']}:")
-    for k in ("env", "train"):
+    for k in [k for k in ("env", "train") if k in cold]:
         f = f"{k}_first"
         print(f"  {k:6s} compile cold {cold[k]:7.1f} s, warm {warm[k]:6.1f} s, ratio "
               f"{cold[k] / warm[k]:5.1f}x; to first result cold {cold[f]:7.1f} s, warm "

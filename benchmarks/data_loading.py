@@ -1,11 +1,15 @@
 """Batches per second: ClipDataset streaming and preload against a loader in the seed's style.
 
 The seed's loader opened a clip file for every sample, read every dataset of the whole clip,
-then sliced the segment it needed. Here it draws the same clips and starts as ClipDataset
-(the same generator, seeded alike), and the script checks that both give identical batches
-before timing them. All sides run in this one process, on the built-in rodent clips.
+then sliced the segment it needed. Here it takes the clips and starts of each batch from
+``ClipDataset.draw`` (so it samples exactly as the dataset does), and the script checks that
+all loaders give identical batches before timing them. All sides run in this one process, on
+the built-in rodent clips unless ``--clips`` names a folder. Every dataset is built raw (no
+normalizer, no noise), as the seed's loader reads.
 
     python benchmarks/data_loading.py --batches 30 --batch-size 32 --seg-len 490
+    python benchmarks/data_loading.py --clips CLIP_DIR --batches 2 --batch-size 4 \
+        --seg-len 20 --repeats 1                                              # smoke
 """
 
 from __future__ import annotations
@@ -25,22 +29,26 @@ class SeedStyleLoader:
 
     def __init__(self, ds: ClipDataset):
         self.ds, self.store = ds, ClipStore(ds.root_dir)
-        self.rng = np.random.default_rng([ds.seed, 1])  # ClipDataset's train sampling stream
         self.mode = get_mode(ds.mode.name)
+        self.k = 0  # the index of the next batch
 
     def __next__(self):
-        ds, L = self.ds, self.ds.seg_len
-        pick = self.rng.choice(len(ds.clip_ids), ds.batch_size, replace=len(ds.clip_ids) < ds.batch_size)
-        starts = self.rng.integers(0, ds._lengths[pick] - L)
+        L = self.ds.seg_len
+        clips, starts = self.ds.draw(self.k)  # the dataset's own sampling of batch k
+        self.k += 1
         samples = []
-        for clip, start in zip(ds.clip_ids[pick], starts):
+        for clip, start in zip(clips, starts):
             with h5py.File(self.store.paths[clip], "r") as f:
                 whole = {key: f[key][()] for key in f}  # the whole clip, every dataset
             arrays = {
                 s: whole[s] if s in whole else whole["obs"][:, obs_slice(self.store.obs_layout, s)]
                 for s in self.mode.sources
             }
-            samples.append({s: a[start:start + L + 1].astype(np.float32) for s, a in arrays.items()})
+            segs = {s: a[start:start + L + 1] for s, a in arrays.items()}
+            if "syllables" in segs:  # integer IDs, one-hot as ClipDataset gives them
+                n = self.ds.n_syllables
+                segs["syllables"] = np.eye(n)[np.clip(segs["syllables"], 0, n - 1)]
+            samples.append({s: a.astype(np.float32) for s, a in segs.items()})
         seg = {s: np.stack([x[s] for x in samples]) for s in self.mode.sources}
         x_in = tuple(seg[s][:, :-1] for s in self.mode.x_in)
         return (x_in if len(x_in) > 1 else x_in[0]), seg[self.mode.x_tgt][:, 1:]
@@ -67,7 +75,9 @@ def main() -> None:
         from ncssm_env.synthetic import builtin_clips
 
         args.clips = builtin_clips("rodent")
-    kw = dict(batch_size=args.batch_size, seg_len=args.seg_len, mmode=args.mode, seed=0)
+    # Raw batches on every side: the seed-style loader neither normalizes nor adds noise.
+    kw = dict(batch_size=args.batch_size, seg_len=args.seg_len, mmode=args.mode, seed=0,
+              normalizer=None, noise_std=0.0)
 
     # Same batches first.
     a, b = ClipDataset(args.clips, preload=False, **kw), ClipDataset(args.clips, **kw)

@@ -5,6 +5,7 @@ Each round saves the physics state, times one ``env.step(a)``, restores the stat
 median of each side over ``--steps`` rounds and the ratio of medians (the goal is <= 1.25).
 
     python benchmarks/env_step.py --body rodent --steps 2000
+    python benchmarks/env_step.py --body test --steps 5 --clip-dir CLIP_DIR    # smoke
 """
 
 from __future__ import annotations
@@ -25,9 +26,10 @@ def main() -> None:
     p.add_argument("--body", default="rodent")
     p.add_argument("--steps", type=int, default=2000)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--clip-dir", default=None, help="clips of --body (default: the built-in ones)")
     args = p.parse_args()
 
-    env = gym.make("NCSSM-Track-v0", body=args.body).unwrapped  # built-in clips
+    env = gym.make("NCSSM-Track-v0", body=args.body, clip_dir=args.clip_dir).unwrapped
     model, data = env.model, env.data
     spec = mujoco.mjtState.mjSTATE_INTEGRATION
     state = np.empty(mujoco.mj_stateSize(model, spec))

@@ -2,7 +2,7 @@
 
 Sequences are sampled from a random sticky AR-HMM (``--states`` K, ``--dim`` P, one lag) with
 dynamax. One EM iteration is what ``LinearAutoregressiveHMM.fit_em`` (and so
-:func:`ncssm_data.segment.fit`) runs per iteration: a vmapped E-step over the batch of
+:func:`ncssm_policies.arhmm.fit`) runs per iteration: a vmapped E-step over the batch of
 sequences, then the M-step. It is jitted once per size (the compile time is printed), then
 timed ``--iters`` times. Printed per size: the compile time, the median seconds per
 iteration, the time per frame, and the ratio to the first size.
@@ -23,7 +23,7 @@ import numpy as np
 def sample(n: int, T: int, K: int, P: int, seed: int = 0) -> list[np.ndarray]:
     import jax
 
-    from ncssm_data.segment import make_hmm
+    from ncssm_policies.arhmm import make_hmm
 
     hmm = make_hmm(K, P, 1, 0.0)
     params, _ = hmm.initialize(jax.random.PRNGKey(seed))
@@ -67,7 +67,7 @@ def em_timing(xs: list[np.ndarray], K: int, iters: int) -> tuple[float, float]:
 
     import jax
 
-    from ncssm_data.segment import Features, make_hmm, pieces
+    from ncssm_policies.arhmm import Features, make_hmm, pieces
 
     feats = Features.fit("x", xs, None)
     X = jax.numpy.asarray(pieces([feats(x) for x in xs]))

@@ -9,6 +9,7 @@ against the arena's run and against the clip's own qpos after ``--steps`` contro
 Newton iterations the arena's solver used (it stops on its tolerance).
 
     python benchmarks/solver_drift.py --body rodent --clips 8 --steps 250
+    python benchmarks/solver_drift.py --body test --clips 2 --steps 5 --clip-dir CLIP_DIR  # smoke
 """
 
 from __future__ import annotations
@@ -53,8 +54,10 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=250)
     p.add_argument("--settings", default="newton:5:5,cg:5:5",
                    help="capped settings to compare, solver:iterations:ls_iterations,...")
+    p.add_argument("--clip-dir", default=None,
+                   help="clips of --body made with the arena's solver (default: the built-in ones)")
     args = p.parse_args()
-    store = ClipStore(builtin_clips(args.body))
+    store = ClipStore(args.clip_dir or builtin_clips(args.body))
     n_substeps = 10
     base = build_model(args.body)
     clips = range(min(args.clips, len(store)))

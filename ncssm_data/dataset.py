@@ -198,6 +198,18 @@ class ClipDataset:
             raise item
         return item
 
+    def draw(self, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(clips, starts)``, each (B,): the folder clip index and the first frame of each
+        segment of batch ``k`` (the segment is frames ``start`` to ``start + seg_len``, inputs
+        and one-step-shifted targets). It depends only on the seed, the split and ``k``: the
+        batches this dataset yields are built from exactly these draws."""
+        B = self.batch_size
+        if self.test_batch:
+            return np.full(B, self.clip_ids[0]), np.zeros(B, dtype=np.int64)
+        rng = np.random.default_rng([self.seed, 1 + SPLITS.index(self.split), int(k)])
+        pick = rng.choice(len(self.clip_ids), B, replace=len(self.clip_ids) < B)
+        return self.clip_ids[pick], rng.integers(0, self._lengths[pick] - self.seg_len)
+
     def close(self) -> None:
         """Stop the prefetch thread and close the clip files."""
         self._stop.set()
@@ -225,16 +237,9 @@ class ClipDataset:
             self._queue.put(err)
 
     def _next_batch(self):
-        B, L = self.batch_size, self.seg_len
         k, self._step = self._step, self._step + 1
-        rng = np.random.default_rng([self.seed, 1 + SPLITS.index(self.split), k])  # clips, starts
+        clips, starts = self.draw(k)
         noise_rng = np.random.default_rng([self.seed, 3, k])  # its own stream: noise never moves sampling
-        if self.test_batch:
-            clips, starts = np.full(B, self.clip_ids[0]), np.zeros(B, dtype=np.int64)
-        else:
-            pick = rng.choice(len(self.clip_ids), B, replace=len(self.clip_ids) < B)
-            clips = self.clip_ids[pick]
-            starts = rng.integers(0, self._lengths[pick] - L)
         seg = {s: np.stack([self._segment(int(c), s, int(t)) for c, t in zip(clips, starts)])
                for s in self.mode.sources}  # (B, L + 1, D)
         x_in = tuple(seg[s][:, :-1] for s in self.mode.x_in)
