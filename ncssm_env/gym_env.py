@@ -18,8 +18,7 @@ from ncssm_data import ClipError, ClipStore
 from ncssm_data.errors import check_count
 from ncssm_env import task as _task
 from ncssm_env.body import body_def, body_index, build_model
-from ncssm_env.reference import (  # noqa: F401  (ClipStack and stack_clips: for the vector envs)
-    Clip, ClipStack, clip_kinematics, finite_difference_qvel, stack_clips, start_state)
+from ncssm_env.reference import Clip, clip_kinematics, finite_difference_qvel, start_state
 
 
 class TrackEnv(gym.Env):

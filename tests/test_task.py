@@ -8,7 +8,7 @@ import pytest
 
 from ncssm_env import task
 from ncssm_env.body import BODIES, body_index, build_model
-from ncssm_env.gym_env import clip_kinematics
+from ncssm_env.reference import clip_kinematics
 
 
 @pytest.fixture(scope="module", params=sorted(BODIES))
