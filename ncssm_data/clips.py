@@ -5,8 +5,8 @@ One clip is one HDF5 file holding time-aligned datasets, all with the same numbe
 ====================  ===========  ========  =========================================
 dataset               shape        stored    meaning
 ====================  ===========  ========  =========================================
-``obs`` (required)    (T, D_obs)   float32   observation; columns named by ``obs_layout``
-``ctrl`` (required)   (T, A)       float32   ``ctrl[t]`` moved the body from frame t-1 to t
+``obs`` (required*)   (T, D_obs)   float32   observation; columns named by ``obs_layout``
+``ctrl`` (required*)  (T, A)       float32   ``ctrl[t]`` moved the body from frame t-1 to t
 ``latent_mean``       (T, Z)       float32   intention behind ``ctrl[t]``
 ``syllables``         (T,)         int32     syllable behind ``ctrl[t]``
 ``qpos``              (T, nq)      float64   full physics state, for exact replay / reset
@@ -14,8 +14,13 @@ dataset               shape        stored    meaning
 ``act``               (T, na)      float64   actuator activation state
 ====================  ===========  ========  =========================================
 
-File attributes: ``schema_version`` (int), ``obs_layout`` (JSON string), ``body`` (str),
-``control_dt`` (float, seconds), ``generator`` (str). Other datasets are ignored on read.
+* A **reference-only** clip holds ``qpos`` (and optionally ``qvel``, ``act``) without ``obs``
+or ``ctrl``: motion to track, such as a fit of the body to recorded keypoints. The env computes
+the observation from the body; the training modes that read what it lacks refuse it.
+
+File attributes: ``schema_version`` (int), ``obs_layout`` (JSON string; only with ``obs``),
+``body`` (str), ``control_dt`` (float, seconds), ``generator`` (str). Other datasets are
+ignored on read.
 """
 
 from __future__ import annotations
@@ -77,8 +82,9 @@ _CLIP_NAME = re.compile(r"^clip_(\d+)\.h5$")
 def _check_headers(headers: Mapping[str, tuple[tuple[int, ...], np.dtype]], where: str) -> int:
     """Check the shapes and dtypes of known datasets; return T. ``headers``: key -> (shape, dtype)."""
     for key, spec in _SPECS.items():
-        if spec.required and key not in headers:
-            raise ClipError(f"In {where}, the required dataset {key!r} is missing.")
+        if spec.required and key not in headers and "qpos" not in headers:
+            raise ClipError(f"In {where}, the required dataset {key!r} is missing (a clip holds "
+                            f"'obs' and 'ctrl', or is reference-only with 'qpos').")
     for key, (shape, dtype) in headers.items():
         spec = _SPECS[key]
         if dtype.kind not in "iuf":
@@ -90,7 +96,8 @@ def _check_headers(headers: Mapping[str, tuple[tuple[int, ...], np.dtype]], wher
             raise ClipError(f"In {where}, dataset {key!r} has shape {tuple(shape)}, expected {spec.ndim} dims {want}.")
         if any(d == 0 for d in shape[1:]):
             raise ClipError(f"In {where}, dataset {key!r} has shape {tuple(shape)}, expected a non-zero width.")
-    t_key, t = "obs", headers["obs"][0][0]
+    t_key = next(key for key in _SPECS if key in headers)
+    t = headers[t_key][0][0]
     for key, (shape, _) in headers.items():
         if shape[0] != t:
             raise ClipError(
@@ -138,7 +145,7 @@ def write_clip(
     path: str | os.PathLike[str],
     arrays: Mapping[str, np.ndarray],
     *,
-    obs_layout: Mapping[str, tuple[int, int]],
+    obs_layout: Mapping[str, tuple[int, int]] | None,
     body: str,
     control_dt: float,
     generator: str,
@@ -146,7 +153,8 @@ def write_clip(
     """Validate and atomically write one clip file; return its path.
 
     ``arrays`` holds ``obs`` (T, D_obs) and ``ctrl`` (T, A), and optionally ``latent_mean``
-    (T, Z), ``syllables`` (T,) integer, ``qpos`` (T, nq), ``qvel`` (T, nv), ``act`` (T, na).
+    (T, Z), ``syllables`` (T,) integer, ``qpos`` (T, nq), ``qvel`` (T, nv), ``act`` (T, na);
+    or, reference-only, ``qpos`` without ``obs`` or ``ctrl`` (``obs_layout`` None).
     Everything is checked before anything is written; the file appears under ``path`` only
     complete (temp file in the same folder, fsync, ``os.replace``), and on any failure a file
     already at ``path`` is left untouched.
@@ -158,7 +166,12 @@ def write_clip(
         raise ClipError(f"In {where}, dataset key(s) {unknown} are unknown; known keys are {list(_SPECS)}.")
     given = {key: np.asarray(value) for key, value in arrays.items()}
     _check_headers({key: (a.shape, a.dtype) for key, a in given.items()}, where)
-    layout = check_layout(obs_layout, given["obs"].shape[1], where)
+    if "obs" in given:
+        layout = check_layout(obs_layout, given["obs"].shape[1], where)
+    elif obs_layout:
+        raise ClipError(f"In {where}, obs_layout is given but there is no dataset 'obs'.")
+    else:
+        layout = None
     if not isinstance(body, str) or not body:
         raise ClipError(f"In {where}, body is {body!r}, expected a non-empty string.")
     if not isinstance(generator, str):
@@ -184,7 +197,8 @@ def write_clip(
         for key, a in data.items():
             _write_dataset(f, key, a)
         f.attrs["schema_version"] = SCHEMA_VERSION
-        f.attrs["obs_layout"] = layout_to_json(layout)
+        if layout is not None:
+            f.attrs["obs_layout"] = layout_to_json(layout)
         f.attrs["body"] = body
         f.attrs["control_dt"] = dt
         f.attrs["generator"] = generator
@@ -275,9 +289,11 @@ def _read_header(path: Path) -> _Header:
             f"In {where}, schema_version is {attrs['schema_version']!r}, expected {SCHEMA_VERSION} "
             f"(or none for legacy files)."
         )
-    obs_dim = headers["obs"][0][1]
     text = _attr_str(attrs, "obs_layout", where)
-    if text is None:
+    if "obs" not in headers:  # reference-only: no observation, so no layout
+        layout, legacy = {}, False
+    elif text is None:
+        obs_dim = headers["obs"][0][1]
         if layout_width(LEGACY_LAYOUT) != obs_dim:
             raise ClipError(
                 f"Clip file {path} has no obs_layout attribute and its obs dim {obs_dim} does not match "
@@ -285,7 +301,8 @@ def _read_header(path: Path) -> _Header:
             )
         layout, legacy = dict(LEGACY_LAYOUT), True
     else:
-        layout, legacy = check_layout(layout_from_json(text, where), obs_dim, where), False
+        layout = check_layout(layout_from_json(text, where), headers["obs"][0][1], where)
+        legacy = False
     control_dt = attrs.get("control_dt")
     return _Header(
         path=path,
@@ -512,6 +529,9 @@ class ClipStore:
 
     def obs(self, i: int, name: str, start: int = 0, stop: int | None = None) -> np.ndarray:
         """The layout slice ``name`` of ``obs`` for frames ``[start, stop)``: (stop - start, width)."""
+        if not self.has("obs"):
+            raise ClipError(f"Clips in {self.root} hold no dataset 'obs' (reference-only clips), "
+                            f"so they have no {name!r}.")
         cols = obs_slice(self._headers[0].layout, name, where=f"the observation layout of {self.root}")
         return self._read(i, "obs", start, stop, cols)
 
