@@ -18,7 +18,8 @@ from ncssm_data import ClipError, ClipStore
 from ncssm_data.errors import check_count
 from ncssm_env import task as _task
 from ncssm_env.body import body_def, body_index, build_model
-from ncssm_env.reference import Clip, clip_kinematics, finite_difference_qvel, start_state
+from ncssm_env.reference import (Clip, clip_kinematics, finite_difference_qvel, holding_ctrl,
+                                  start_state)
 
 
 class TrackEnv(gym.Env):
@@ -28,6 +29,9 @@ class TrackEnv(gym.Env):
         body: ``"rodent"`` or ``"test"`` (see :mod:`ncssm_env.body`).
         clip_dir: a folder of ``clip_<i>.h5`` files with ``/qpos``; ``None`` uses the built-in
             clips of ``body``, generated on first use (:func:`ncssm_env.synthetic.builtin_clips`).
+            Reference-only clips (``/qpos`` without ``/ctrl``) start each episode from the
+            controls that hold the frame's pose (:func:`ncssm_env.reference.holding_ctrl`);
+            ``has_ctrl`` says whether the clips carry recorded controls.
         clips: indices of the clips to draw episodes from (default: all).
         K: number of future reference frames in the observation.
         task: a :class:`task.TaskConfig` or a mapping of its fields.
@@ -84,6 +88,7 @@ class TrackEnv(gym.Env):
         self.store = ClipStore(self.clip_dir, min_length=K + 1)
         self._check_store()
         self.clip_ids = self._select(clips)
+        self.has_ctrl = self.store.has("ctrl")
         self._clips: dict[int, Clip] = {}
 
         self.obs_layout = _task.obs_layout(K, self.idx)
@@ -138,7 +143,8 @@ class TrackEnv(gym.Env):
             qvel = arrays.get("qvel")
             if qvel is None:
                 qvel = finite_difference_qvel(self.model, qpos, self.control_dt)
-            ctrl = arrays["ctrl"].astype(np.float64)
+            ctrl = arrays["ctrl"].astype(np.float64) if "ctrl" in arrays else \
+                holding_ctrl(self.model, qpos)
             act = arrays.get("act")
             if act is None:  # filter actuators settle on their control
                 act = ctrl[:, : self.model.na] if self.model.na else np.zeros((len(qpos), 0))
@@ -151,9 +157,14 @@ class TrackEnv(gym.Env):
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)
         options = dict(options or {})
-        unknown = set(options) - {"clip", "start"}
+        unknown = set(options) - {"clip", "start", "noise"}
         if unknown:
-            raise ValueError(f"Unknown reset option {sorted(unknown)[0]!r}; expected 'clip' or 'start'.")
+            raise ValueError(f"Unknown reset option {sorted(unknown)[0]!r}; expected 'clip', "
+                             f"'start' or 'noise'.")
+        noise = options.get("noise")
+        if noise is not None and np.shape(noise) != (self.model.nq - 7,):
+            raise ValueError(f"Reset option noise has shape {np.shape(noise)}; expected "
+                             f"({self.model.nq - 7},), an offset per joint angle.")
         rng = self.np_random
         i = int(options["clip"]) if "clip" in options else int(rng.choice(self.clip_ids))
         if not 0 <= i < len(self.store):
@@ -163,7 +174,7 @@ class TrackEnv(gym.Env):
         t = int(options["start"]) if "start" in options else int(rng.integers(0, T - 1))
         if not 0 <= t <= T - 2:
             raise ValueError(f"Reset option start={t} must be in [0, {T - 2}] for clip {i} of length {T}.")
-        start_state(self.model, self.data, clip, t, rng, self.cfg.reset_noise)
+        start_state(self.model, self.data, clip, t, rng, self.cfg.reset_noise, noise)
         self._clip, self._clip_id, self._t = clip, i, t
         self._prev_action = clip.ctrl[t].copy()
         return self._obs(self._kin()), {"clip": i, "t": t}

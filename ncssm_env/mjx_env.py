@@ -183,14 +183,22 @@ class MJXTrackEnv(Env):
     def reset(self, rng: jax.Array) -> State:
         return self.reset_to(rng)
 
-    def reset_to(self, rng: jax.Array, slot=None, t=None) -> State:
-        """:meth:`reset` at a given clip slot and frame (None: drawn from ``rng``)."""
-        data, info = self._start(rng, slot, t)
+    def reset_to(self, rng: jax.Array, slot=None, t=None, noise=None) -> State:
+        """:meth:`reset` at a given clip slot and frame, with the given joint offsets ``noise``
+        (nq - 7,) (each None: drawn from ``rng``)."""
+        data, info = self._start(rng, slot, t, noise)
         zero = jnp.zeros(())
         metrics = {k: zero for k in (*_task.METRICS, "overflow")}
         return State(data, self._obs(data, info), zero, zero, metrics, info)
 
     def step(self, state: State, action: jax.Array) -> State:
+        nxt = self.advance(state, action)
+        rng, key = jax.random.split(nxt.info["rng"])
+        return self.restart(nxt.replace(info={**nxt.info, "rng": rng}), self.reset_to(key))
+
+    def advance(self, state: State, action: jax.Array) -> State:
+        """One control step without the restart: ``done`` marks an episode that ended, and the
+        state is where it ended. :meth:`step` is ``advance`` then :meth:`restart`."""
         m, info = self.mjx_model, state.info
         finite_action = jnp.isfinite(action).all()
         data = state.pipeline_state.replace(ctrl=jnp.where(finite_action, action, 0.0))
@@ -219,20 +227,22 @@ class MJXTrackEnv(Env):
         metrics = {**state.metrics, **_task.metrics(jnp, err, terms, causes),
                    "overflow": (overflow > 0).astype(jnp.float32)}
         # (the merge keeps wrappers' keys)
-
-        # A finished episode restarts at once on a fresh clip and frame.
-        rng, key = jax.random.split(info["rng"])
-        new_data, new_info = self._start(key)
-        new_info = {**new_info, "truncation": info["truncation"], "overflow": overflow}
-        data = data.where(done, new_data)
-        info = {**info, "rng": rng}  # (wrappers' keys in info pass through untouched)
-        info.update({k: jnp.where(done, v, info[k]) for k, v in new_info.items()})
-        obs = jnp.where(done, self._obs(new_data, new_info), obs)
         return State(data, obs, rew, done.astype(jnp.float32), metrics, info)
+
+    def restart(self, state: State, fresh: State) -> State:
+        """``state`` where it is not done; where it is, the start of the episode ``fresh`` (a
+        :meth:`reset_to` state) with ``state``'s reward, done, metrics, ``truncation`` and
+        ``overflow``. Wrappers' keys in ``info`` pass through untouched."""
+        done = state.done > 0
+        keep = ("truncation", "overflow")
+        info = {**state.info, **{k: jnp.where(done, v, state.info[k])
+                                 for k, v in fresh.info.items() if k not in keep}}
+        return state.replace(pipeline_state=state.pipeline_state.where(done, fresh.pipeline_state),
+                             obs=jnp.where(done, fresh.obs, state.obs), info=info)
 
     # --- helpers ------------------------------------------------------------------------
 
-    def _start(self, rng, slot=None, t=None):
+    def _start(self, rng, slot=None, t=None, noise=None):
         k_clip, k_t, k_noise, rng = jax.random.split(rng, 4)
         if slot is None:
             slot = jax.random.randint(k_clip, (), 0, len(self.clip_ids))
@@ -240,8 +250,9 @@ class MJXTrackEnv(Env):
             t = jax.random.randint(k_t, (), 0, self.lengths[slot] - 1)
         slot, t = jnp.asarray(slot, jnp.int32), jnp.asarray(t, jnp.int32)
         nq = self.mj_model.nq
-        noise = jax.random.uniform(k_noise, (nq - 7,), minval=-self.cfg.reset_noise,
-                                   maxval=self.cfg.reset_noise)
+        if noise is None:
+            noise = jax.random.uniform(k_noise, (nq - 7,), minval=-self.cfg.reset_noise,
+                                       maxval=self.cfg.reset_noise)
         qpos = self.qpos[slot, t].at[7:].add(noise)
         data = self._data0.build().replace(
             qpos=qpos, qvel=self.qvel[slot, t], act=self.act[slot, t], ctrl=self.ctrl[slot, t])

@@ -89,13 +89,34 @@ def finite_difference_qvel(model: mujoco.MjModel, qpos: np.ndarray, dt: float) -
     return qvel
 
 
+def holding_ctrl(model: mujoco.MjModel, qpos: np.ndarray) -> np.ndarray:
+    """Controls (T, nu) that hold each frame's pose: for every actuator with an affine bias
+    (the rodent's position servos, force = gain·ctrl + b0 + b1·length + b2·velocity), the
+    control at which its force at rest is zero, ``-(b0 + b1·length) / gain``, clipped to its
+    range; 0 for the others. Reference-only clips (qpos without ctrl) start from it."""
+    data = mujoco.MjData(model)
+    ctrl = np.zeros((qpos.shape[0], model.nu))
+    gain, bias = model.actuator_gainprm[:, 0], model.actuator_biasprm[:, :2]
+    servo = (model.actuator_biastype == mujoco.mjtBias.mjBIAS_AFFINE) & (gain != 0)
+    lo, hi = model.actuator_ctrlrange.T
+    for t in range(qpos.shape[0]):
+        data.qpos[:] = qpos[t]
+        mujoco.mj_fwdPosition(model, data)  # kinematics and transmission: actuator_length
+        target = -(bias[:, 0] + bias[:, 1] * data.actuator_length) / np.where(servo, gain, 1.0)
+        ctrl[t] = np.where(servo, target, 0.0)
+    limited = model.actuator_ctrllimited.astype(bool)
+    return np.where(limited, np.clip(ctrl, lo, hi), ctrl)
+
+
 def start_state(model: mujoco.MjModel, data: mujoco.MjData, clip: Clip, t: int, rng,
-                reset_noise: float) -> None:
+                reset_noise: float, noise: np.ndarray | None = None) -> None:
     """Put ``data`` at frame ``t`` of ``clip``: its qpos (hinge angles jittered uniformly by
-    ``reset_noise`` from ``rng``), qvel, act and ctrl, then the kinematics."""
+    ``reset_noise`` from ``rng``, or offset by the given ``noise`` (nq - 7,)), qvel, act and
+    ctrl, then the kinematics."""
     mujoco.mj_resetData(model, data)
     data.qpos[:] = clip.qpos[t]
-    data.qpos[7:] += rng.uniform(-reset_noise, reset_noise, model.nq - 7)
+    data.qpos[7:] += rng.uniform(-reset_noise, reset_noise, model.nq - 7) if noise is None \
+        else noise
     data.qvel[:] = clip.qvel[t]
     data.act[:] = clip.act[t]
     data.ctrl[:] = clip.ctrl[t]

@@ -40,8 +40,9 @@ class TrackVectorEnv(VectorEnv):
     ``max_episode_steps`` truncates episodes (as ``gymnasium.make`` does the single env's) and
     ``n_threads`` sets the physics threads (default ``min(num_envs, os.cpu_count())``).
 
-    ``reset(options=...)`` takes ``clip`` and ``start`` (an int, or one per env) and
-    ``reset_mask`` (bool (N,): reset only these envs). ``step(actions (N, nu))`` returns
+    ``reset(options=...)`` takes ``clip`` and ``start`` (an int, or one per env), ``noise``
+    (the joint offsets of the start states, (nq - 7,) or (N, nq - 7), instead of drawn ones)
+    and ``reset_mask`` (bool (N,): reset only these envs). ``step(actions (N, nu))`` returns
     ``obs (N, D_obs)`` float32, ``rewards (N,)``, ``terminated (N,)``, ``truncated (N,)`` and
     ``info`` with ``clip``, ``t`` and ``metrics`` (the schema :data:`ncssm_env.task.METRICS`),
     each an (N,) array. A non-finite action terminates its env (cause ``nan``)
@@ -87,15 +88,24 @@ class TrackVectorEnv(VectorEnv):
         if seed is not None:
             self._np_random, self._np_random_seed = gym.utils.seeding.np_random(seed)
         options = dict(options or {})
-        unknown = set(options) - {"clip", "start", "reset_mask"}
+        unknown = set(options) - {"clip", "start", "noise", "reset_mask"}
         if unknown:
             raise ValueError(f"Unknown reset option {sorted(unknown)[0]!r}; expected 'clip', "
-                             f"'start' or 'reset_mask'.")
+                             f"'start', 'noise' or 'reset_mask'.")
         mask = np.ones(self.num_envs, bool) if options.get("reset_mask") is None else \
             np.asarray(options["reset_mask"], bool)
         if mask.shape != (self.num_envs,):
             raise ValueError(f"reset_mask must have shape ({self.num_envs},), got {mask.shape}.")
-        self._reset_envs(np.flatnonzero(mask), options.get("clip"), options.get("start"))
+        noise = options.get("noise")
+        if noise is not None:
+            noise = np.asarray(noise, np.float64)
+            want = (self.num_envs, self.model.nq - 7)
+            try:
+                noise = np.broadcast_to(noise, want)
+            except ValueError:
+                raise ValueError(f"Reset option noise has shape {noise.shape}; expected "
+                                 f"{want[1:]} or {want}.") from None
+        self._reset_envs(np.flatnonzero(mask), options.get("clip"), options.get("start"), noise)
         self._autoreset[mask] = False
         obs = self._observe(self._kin(), np.ones(self.num_envs, bool))
         return obs, {"clip": self.clip_ids[self.slot].copy(), "t": self.t.copy()}
@@ -113,7 +123,7 @@ class TrackVectorEnv(VectorEnv):
         self._physics(np.flatnonzero(stepping))
         self.t[stepping] += 1
         self.steps[stepping] += 1
-        self._reset_envs(np.flatnonzero(reset), None, None)
+        self._reset_envs(np.flatnonzero(reset), None, None, None)
 
         cur = self._kin()
         ref_t = _task.Kin(*(f[self.slot, self.t] for f in self.ref))
@@ -160,7 +170,7 @@ class TrackVectorEnv(VectorEnv):
             k = min(self.n_threads, envs.size)
             list(self._pool.map(run, [envs[j::k] for j in range(k)]))
 
-    def _reset_envs(self, envs: np.ndarray, clip: Any, start: Any) -> None:
+    def _reset_envs(self, envs: np.ndarray, clip: Any, start: Any, noise: Any) -> None:
         rng = self.np_random
         for k, i in enumerate(envs):
             if clip is None:
@@ -178,7 +188,8 @@ class TrackVectorEnv(VectorEnv):
             if not 0 <= t <= T - 2:
                 raise ValueError(f"Reset option start={t} must be in [0, {T - 2}] for clip "
                                  f"{self.clip_ids[slot]} of length {T}.")
-            start_state(self.model, self.datas[i], c, t, rng, self.cfg.reset_noise)
+            start_state(self.model, self.datas[i], c, t, rng, self.cfg.reset_noise,
+                        None if noise is None else noise[i])
             self.slot[i], self.t[i], self.steps[i] = slot, t, 0
             self.prev_action[i] = c.ctrl[t]
 

@@ -5,6 +5,7 @@ It sits at the top of the house (its ``segment`` fits an AR-HMM, a model), so th
 
     ncssm-data generate --body rodent --clips 32 --frames 600 --seed 0 --out DIR
     ncssm-data segment --config configs/segment.yaml [--override key=value ...] [--sweep]
+    ncssm-data import --qpos FILE [--key qpos] [--fps 50] [--names KEY] --body rodent --out DIR
 """
 
 from __future__ import annotations
@@ -34,9 +35,21 @@ def main(argv: list[str] | None = None) -> int:
                           "print the table instead")
     seg.add_argument("--overwrite", action="store_true", help="replace an existing out_key")
     seg.add_argument("--no-progress", action="store_true", help="no progress bars")
+    imp = sub.add_parser("import", help="write reference-only clips from qpos arrays (.npz or "
+                                        ".h5), resampled to 50 Hz (see ncssm_env.importer)")
+    imp.add_argument("--qpos", required=True, help="the .npz / .h5 file holding qpos (T, nq)")
+    imp.add_argument("--key", default="qpos", help="the array (or per-clip group dataset) to read")
+    imp.add_argument("--fps", type=float, default=50.0, help="frames per second of the file")
+    imp.add_argument("--names", help="the array naming each column's joint (default: the "
+                                     "model's qpos order)")
+    imp.add_argument("--body", default="rodent")
+    imp.add_argument("--out", required=True, help="folder for clip_<i>.h5")
+    imp.add_argument("--overwrite", action="store_true", help="replace clip files in --out")
     args = parser.parse_args(argv)
     if args.command == "segment":
         return _segment(args)
+    if args.command == "import":
+        return _import(args)
 
     from ncssm_env.synthetic import generate
 
@@ -48,6 +61,27 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(f"wrote {args.clips} clips of {args.frames} frames to {args.out}; torso upright in "
           f"{100 * np.mean(upright):.1f}% of frames (worst clip {100 * np.min(upright):.1f}%)")
+    return 0
+
+
+def _import(args) -> int:
+    from ncssm_data.clips import ClipStore
+    from ncssm_env.importer import import_qpos
+
+    try:
+        paths = import_qpos(args.qpos, args.out, body=args.body, key=args.key, fps=args.fps,
+                            names_key=args.names, overwrite=args.overwrite)
+        with ClipStore(args.out) as store:
+            lengths, rate = store.lengths, 1 / store.control_dt
+    except (ValueError, OSError) as err:  # ClipError is a ValueError
+        print(f"ncssm-data: error: {err}", file=sys.stderr)
+        return 2
+    if len(set(lengths.tolist())) == 1:
+        frames = f"{lengths[0]} frames" + (" each" if len(paths) > 1 else "")
+    else:
+        frames = f"{', '.join(map(str, lengths))} frames"
+    print(f"ncssm-data import: wrote {len(paths)} clip{'s' * (len(paths) != 1)} of {frames} "
+          f"({args.fps:g} fps -> {rate:g} Hz) to {args.out}")
     return 0
 
 

@@ -51,6 +51,8 @@ class EvalResult:
     episodes: dict
     summary: dict = field(default_factory=dict)
     rollouts: list | None = None
+    baselines: dict | None = None  # closed loop: baseline name -> its EvalResult, same episodes
+    poses: list | None = None  # closed loop, for the behaviour scores: (T, F) pose columns
 
 
 def _source_width(store, source: str) -> int:

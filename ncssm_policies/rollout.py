@@ -44,6 +44,7 @@ from ncssm_policies.build import held_out_clips, resolve_clip_dir
 from ncssm_policies.openloop import EvalResult, score_open_loop
 
 BACKENDS = ("cpu", "mjx", "auto")
+BASELINES = ("zero", "expert")  # run on the policy's episodes (see evaluate)
 MJX_CHUNK = 200  # control steps per jitted MJX scan
 
 
@@ -53,34 +54,34 @@ MJX_CHUNK = 200  # control steps per jitted MJX scan
 
 
 class _Episodes:
-    """Splits per-step records of N envs into episodes, keeping env ``i``'s first ``quota[i]``.
+    """Splits per-step records of one group of N envs into episodes, keeping env ``i``'s first
+    ``quota[i]``: episodes ``i, i + N, i + 2N, ...`` of the :class:`EpisodePlan`.
 
-    ``add(steps, live)`` takes a dict of (L, N) arrays (``done``, ``slot``, ``t``, ``cause``,
-    ``reward``, ``err_*``, ``rew_*``, and when recording ``qpos``, ``ref_qpos``, ``ctrl``)
-    and an optional (L, N) mask of the rows that belong to episodes.
+    ``add(steps)`` takes a dict of (L, N) arrays (``done``, ``slot``, ``t``, ``cause``,
+    ``reward``, ``err_*``, ``rew_*``, and when recording ``qpos``, ``ref_qpos``, ``ctrl``;
+    ``pose`` (L, N, F) for the behaviour scores).
     """
 
-    SCALARS = ("done", "slot", "t", "cause")
-
-    def __init__(self, quota: np.ndarray, clip_ids, lengths, causes, record: bool, bar=None):
+    def __init__(self, quota: np.ndarray, clip_ids, lengths, causes, record: bool, bar=None,
+                 pose: bool = False):
         self.quota, self.clip_ids, self.lengths = quota, np.asarray(clip_ids), np.asarray(lengths)
-        self.causes, self.record, self.bar = causes, record, bar
+        self.causes, self.record, self.bar, self.pose = causes, record, bar, pose
         self.count = np.zeros(len(quota), np.int64)
         self.parts: list[list[dict]] = [[] for _ in quota]
         self.records: list[dict] = []
         self.rollouts: list[dict] = []
+        self.poses: list[np.ndarray] = []
 
     @property
     def full(self) -> bool:
         return bool((self.count >= self.quota).all())
 
-    def add(self, steps: dict, live: np.ndarray | None = None) -> None:
+    def add(self, steps: dict) -> None:
         L, N = steps["done"].shape
         for i in range(N):
             if self.count[i] >= self.quota[i]:
                 continue
-            rows = np.arange(L) if live is None else np.flatnonzero(live[:, i])
-            seq = {k: np.asarray(v)[rows, i] for k, v in steps.items()}
+            seq = {k: np.asarray(v)[:, i] for k, v in steps.items()}
             first = 0
             for end in np.flatnonzero(seq["done"]):
                 self.parts[i].append({k: v[first:end + 1] for k, v in seq.items()})
@@ -88,38 +89,128 @@ class _Episodes:
                 ep = {k: np.concatenate([p[k] for p in self.parts[i]]) for k in seq}
                 self.parts[i] = []
                 if self.count[i] < self.quota[i]:
-                    self._finish(ep)
+                    self._finish(ep, int(i + self.count[i] * N))
                     self.count[i] += 1
-            if first < len(rows):
+            if first < L:
                 self.parts[i].append({k: v[first:] for k, v in seq.items()})
 
-    def _finish(self, ep: dict) -> None:
+    def _finish(self, ep: dict, j: int) -> None:
         slot, start, T = int(ep["slot"][0]), int(ep["t"][0]), len(ep["done"])
         code = int(ep["cause"][-1])
-        rec = {"clip": int(self.clip_ids[slot]), "start": start, "length": T,
+        rec = {"episode": j, "clip": int(self.clip_ids[slot]), "start": start, "length": T,
                "fraction": float(T / max(int(self.lengths[slot]) - 1 - start, 1)),
                "cause": self.causes[code - 1] if code else "end",
                "return": float(np.sum(ep["reward"]))}
         metrics = [k for k in ep if k.startswith(("err_", "rew_"))]
         rec.update({k: float(np.mean(ep[k])) for k in metrics})
         self.records.append(rec)
+        if self.pose:
+            self.poses.append((j, ep["pose"]))
         if self.record:
-            self.rollouts.append({**{k: ep[k] for k in ("qpos", "ref_qpos", "ctrl", "reward",
-                                                         *metrics)},
-                                  **{k: rec[k] for k in ("clip", "start", "length", "fraction",
-                                                         "cause")}})
+            self.rollouts.append((j, {**{k: ep[k] for k in ("qpos", "ref_qpos", "ctrl", "reward",
+                                                              *metrics)},
+                                      **{k: rec[k] for k in ("clip", "start", "length",
+                                                             "fraction", "cause")}}))
         if self.bar is not None:
             self.bar.update(1)
 
     def result(self) -> EvalResult:
-        eps = {k: np.array([r[k] for r in self.records]) for k in self.records[0]}
-        numeric = [k for k in eps if k not in ("clip", "start", "cause")]
+        """Episodes in plan order."""
+        records = sorted(self.records, key=lambda r: r["episode"])
+        eps = {k: np.array([r[k] for r in records]) for k in records[0]}
+        numeric = [k for k in eps if k not in ("episode", "clip", "start", "cause")]
         summary = {k: {"mean": float(np.mean(eps[k])), "median": float(np.median(eps[k]))}
                    for k in numeric}
         causes, counts = np.unique(eps["cause"], return_counts=True)
         summary["causes"] = dict(zip(causes.tolist(), counts.tolist()))
-        summary["episodes"] = len(self.records)
-        return EvalResult(eps, summary, self.rollouts if self.record else None)
+        summary["episodes"] = len(records)
+        summary["survival"] = float(np.mean(eps["cause"] == "end"))
+        res = EvalResult(eps, summary, [r for _, r in sorted(self.rollouts, key=lambda x: x[0])]
+                         if self.record else None)
+        if self.pose:
+            res.poses = [p for _, p in sorted(self.poses, key=lambda x: x[0])]
+        return res
+
+
+# ----------------------------------------------------------------------------------------------
+# The episodes, and who acts in them
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EpisodePlan:
+    """The episodes of one evaluation, drawn once from the seed so that a policy and its
+    baselines run the very same ones (the same clips, starts and reset noise).
+
+    Episode ``j`` starts on clip slot ``slot[j]`` (an index into the env's clips) at frame
+    ``start[j]``, its joint angles offset by ``noise[j]`` (nq - 7,), drawn uniformly within
+    the task's ``reset_noise``. Env ``i`` of a group of ``N`` runs episodes ``i, i + N,
+    i + 2N, ...``; an env past its share runs its own episodes again, which are not counted.
+    """
+
+    slot: np.ndarray  # (E,) int
+    start: np.ndarray  # (E,) int
+    noise: np.ndarray  # (E, nq - 7)
+
+    @classmethod
+    def draw(cls, lengths, episodes: int, n_joints: int, reset_noise: float,
+             seed: int) -> "EpisodePlan":
+        rng = np.random.default_rng(seed)
+        slot = rng.integers(len(lengths), size=episodes)
+        start = rng.integers(0, np.asarray(lengths)[slot] - 1)
+        return cls(slot, start, rng.uniform(-reset_noise, reset_noise, (episodes, n_joints)))
+
+    def index(self, env, k, N: int):
+        """Plan index of the ``k``-th episode of env ``env`` (arrays, numpy or jax) of a group
+        of ``N``; an env past its share starts its own first episode again."""
+        j = env + k * N
+        return (j < len(self.slot)) * j + (j >= len(self.slot)) * (env % len(self.slot))
+
+
+def _baseline_actor(kind: str, lo, hi, ctrl):
+    """``act(carry, fresh, obs (N, D_obs), slot (N,), t (N,)) -> (carry, action (N, nu))`` of a
+    baseline: ``zero`` (every control 0, clipped to the range) or ``expert`` (the clip's
+    recorded control ``ctrl[slot, t + 1]``, which moved the reference from frame t to t + 1;
+    ``ctrl`` (n_clips, T, nu))."""
+    import jax.numpy as jnp
+
+    ctrl = jnp.asarray(ctrl)
+
+    def act(carry, fresh, obs, slot, t):
+        if kind == "zero":
+            a = jnp.zeros((obs.shape[0], len(lo)), jnp.float32)
+        else:
+            a = ctrl[slot, jnp.minimum(t + 1, ctrl.shape[1] - 1)]
+        return carry, jnp.clip(a, lo, hi)
+
+    return act, lambda n: ()
+
+
+def _policy_actor(pol, parts, lo, hi, syllables):
+    """The policy as an actor like :func:`_baseline_actor`'s; ``syllables`` (n_clips, T)."""
+    import jax.numpy as jnp
+
+    act = _act_fn(pol, parts, lo, hi)
+    syllables = jnp.asarray(syllables)
+
+    def actor(carry, fresh, obs, slot, t):
+        return act(carry, fresh, obs, syllables[slot, jnp.minimum(t, syllables.shape[1] - 1)])
+
+    return actor, pol.model.initialize_carry
+
+
+def _grouped(actors, N: int):
+    """One actor for G groups of N envs (env ``g * N + i`` is env i of group g), each group
+    acting with its own actor and carry: ``(act, init_carry)``."""
+    import jax.numpy as jnp
+
+    def act(carry, fresh, obs, slot, t):
+        out = [actor(c, fresh[g * N:(g + 1) * N], obs[g * N:(g + 1) * N],
+                     slot[g * N:(g + 1) * N], t[g * N:(g + 1) * N])
+               for g, ((actor, _), c) in enumerate(zip(actors, carry))]
+        return tuple(c for c, _ in out), jnp.concatenate([a for _, a in out])
+
+    return act, lambda: tuple(init(N) for _, init in actors)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -201,12 +292,12 @@ def _policy_parts(pol, mode: Mode, layout: dict, obs_size: int, nu: int, body: s
     return parts
 
 
-def _syllable_table(store, mode: Mode, clip_ids, lengths, syllable_key: str = SYLLABLES):
+def _syllable_table(store, mode: Mode | None, clip_ids, lengths, syllable_key: str = SYLLABLES):
     """(n_clips, T_max) int32: each selected clip's syllables (the dataset ``syllable_key``, as
     in training), edge-padded; (n_clips, 1) zeros when ``mode`` reads no syllables."""
     from ncssm_data.modes import read_source
 
-    if SYLLABLES not in mode.x_in:
+    if mode is None or SYLLABLES not in mode.x_in:
         return np.zeros((len(clip_ids), 1), np.int32)
     T = int(np.max(lengths))
     rows = []
@@ -217,19 +308,86 @@ def _syllable_table(store, mode: Mode, clip_ids, lengths, syllable_key: str = SY
     return np.stack(rows)
 
 
+def pose_columns(layout: dict) -> np.ndarray:
+    """Observation columns of the pose features (:mod:`ncssm_policies.behaviour`), in order:
+    ``qpos_local``, ``qvel_local``, ``torso_height``, ``torso_up``."""
+    return np.concatenate([np.arange(*layout[k]) for k in POSE_PARTS])
+
+
+POSE_PARTS = ("qpos_local", "qvel_local", "torso_height", "torso_up")
+
+
+@dataclass
+class _Setup:
+    """What one closed-loop evaluation runs: the ``groups`` (``"policy"`` and baseline names)
+    of ``N`` envs each, the plan's size and seed, and what to record."""
+
+    pol: object
+    mode: Mode | None
+    where: object
+    groups: list
+    N: int
+    quota: np.ndarray
+    episodes: int
+    seed: int
+    max_steps: int | None
+    record: bool
+    pose: bool
+    bar: object
+    physics: dict
+    syllable_key: str = SYLLABLES
+
+    def actors(self, layout, obs_size, nu, body, lo, hi, syllables, ctrl):
+        out = []
+        for g in self.groups:
+            if g == "policy":
+                parts = _policy_parts(self.pol, self.mode, layout, obs_size, nu, body, self.where)
+                out.append(_policy_actor(self.pol, parts, lo, hi, syllables))
+            else:
+                out.append(_baseline_actor(g, lo, hi, ctrl))
+        return _grouped(out, self.N)
+
+    def episodes_of(self, clip_ids, lengths):
+        from ncssm_env import task as _task
+
+        return [_Episodes(self.quota, clip_ids, lengths, _task.TERMINATIONS,
+                          self.record and g == 0, self.bar if g == 0 else None, self.pose)
+                for g in range(len(self.groups))]
+
+    def add(self, eps, steps: dict) -> None:
+        N = self.N
+        for g, e in enumerate(eps):
+            e.add({k: v[:, g * N:(g + 1) * N] for k, v in steps.items()
+                   if g == 0 or k not in ("qpos", "ref_qpos", "ctrl")})
+
+
 def evaluate(policy, num_envs: int = 4, episodes: int = 8, backend: str = "cpu",
              clips=None, clip_dir=None, body: str | None = None, seed: int = 0,
              max_steps: int | None = None, which: str = "best", record: bool = False,
              progress: bool = False, context: int = 50, horizon: int = 50, impl: str = "auto",
              solver: str | None = None, iterations: int | None = None,
-             ls_iterations: int | None = None) -> EvalResult:
-    """Evaluate ``policy``: a run folder or its checkpoints (``which`` picks the checkpoint), or
-    a :class:`~ncssm_policies.checkpoint.LoadedPolicy`.
+             ls_iterations: int | None = None, baselines=BASELINES,
+             behaviour: bool | None = None, arhmm: str | None = None) -> EvalResult:
+    """Evaluate ``policy``: a run folder or its checkpoints (``which`` picks the checkpoint), a
+    :class:`~ncssm_policies.checkpoint.LoadedPolicy`, or a baseline's name (``"zero"``,
+    ``"expert"``: see below) to run it alone.
 
-    Closed loop (the modes that act, :attr:`ncssm_data.modes.Mode.acts`): ``episodes`` episodes on ``num_envs`` envs of ``backend``;
-    ``record`` keeps every episode's per-step arrays in ``EvalResult.rollouts``. Open loop
-    (the other modes): ``episodes`` windows of ``context`` true frames then ``horizon``
-    predicted ones (see :func:`ncssm_policies.openloop.score_open_loop`).
+    Closed loop (the modes that act, :attr:`ncssm_data.modes.Mode.acts`): ``episodes``
+    episodes on ``num_envs`` envs of ``backend``, drawn once (:class:`EpisodePlan`), and the
+    same episodes again for each of ``baselines``: ``zero`` (every control 0, clipped to the
+    range) and ``expert`` (the clip's recorded controls replayed; skipped, with a note in the
+    summary, for clips without ``/ctrl``). The baselines run in the same batch as the policy.
+    ``summary["baselines"]`` holds their summaries; the policy's and theirs hold ``survival``
+    (the fraction of episodes that reached the clip's end or ``max_steps``) and, with both
+    baselines, ``score_<error>`` = (e_zero - e) / (e_zero - e_expert) for each tracking error
+    (means over episodes): 1 is the expert, 0 doing nothing. ``record`` keeps the policy's
+    per-step arrays in ``EvalResult.rollouts``. ``behaviour`` (None: for the autonomous modes,
+    which do not see the reference) adds the distributional scores of
+    :func:`behaviour_scores` (``arhmm``: an AR-HMM model file for the syllable-usage
+    divergence).
+
+    Open loop (the other modes): ``episodes`` windows of ``context`` true frames then
+    ``horizon`` predicted ones (see :func:`ncssm_policies.openloop.score_open_loop`).
 
     ``clip_dir`` (None: the clips the policy trained on) and ``clips`` (indices) pick the
     reference clips; with neither given, the training run's held-out (val) clips. ``body``
@@ -242,27 +400,47 @@ def evaluate(policy, num_envs: int = 4, episodes: int = 8, backend: str = "cpu",
 
     if backend not in BACKENDS:
         raise ValueError(f"Unknown backend {backend!r}; expected one of {list(BACKENDS)}.")
+    unknown = [b for b in baselines if b not in BASELINES]
+    if unknown:
+        raise ValueError(f"Unknown baseline {unknown[0]!r}; expected some of {list(BASELINES)}.")
     num_envs, episodes = check_count("num_envs", num_envs), check_count("episodes", episodes)
-    pol = policy if isinstance(policy, LoadedPolicy) else load_policy(policy, which=which)
-    where = pol.path if isinstance(policy, LoadedPolicy) else policy
-    mode = get_mode(pol.config.mmode)
-    if clip_dir is None:
-        clip_dir = resolve_clip_dir(pol.config)
-        if clips is None:
-            clips = held_out_clips(pol).tolist()
-    if not mode.acts:
-        return score_open_loop(pol, clip_dir=clip_dir, clips=clips, context=context,
-                               horizon=horizon, windows=episodes, seed=seed)
+    if isinstance(policy, str) and policy in BASELINES:
+        pol, where, mode, groups = None, policy, None, [policy]
+        if clip_dir is None:
+            from ncssm_env.synthetic import clips_or_builtin
+
+            clip_dir = clips_or_builtin(None, body or "rodent")
+    else:
+        pol = policy if isinstance(policy, LoadedPolicy) else load_policy(policy, which=which)
+        where = pol.path if isinstance(policy, LoadedPolicy) else policy
+        mode, groups = get_mode(pol.config.mmode), ["policy", *dict.fromkeys(baselines)]
+        if clip_dir is None:
+            clip_dir = resolve_clip_dir(pol.config)
+            if clips is None:
+                clips = held_out_clips(pol).tolist()
+        if not mode.acts:
+            return score_open_loop(pol, clip_dir=clip_dir, clips=clips, context=context,
+                                   horizon=horizon, windows=episodes, seed=seed)
     if backend == "auto":
         import jax
 
         backend = "cpu" if jax.default_backend() == "cpu" else "mjx"
     quota = np.full(num_envs, episodes // num_envs) + (np.arange(num_envs) < episodes % num_envs)
-    bar = None
+    notes = []
     with ClipStore(clip_dir) as store:
         body = body or store.body or "rodent"
         if store.body is not None and store.body != body:
             raise ValueError(f"The clips in {clip_dir} are for body {store.body!r}, not {body!r}.")
+        if "expert" in groups and not store.has("ctrl"):
+            if groups == ["expert"]:
+                raise ValueError(f"The expert baseline replays the clips' recorded controls, but "
+                                 f"the clips in {clip_dir} hold no /ctrl.")
+            groups.remove("expert")
+            notes.append(f"expert baseline skipped: the clips in {clip_dir} hold no /ctrl "
+                         f"(reference-only), so there is nothing to replay")
+        if behaviour is None:
+            behaviour = mode is not None and autonomous(mode)
+        bar = None
         if progress:
             from tqdm.auto import tqdm
 
@@ -270,119 +448,281 @@ def evaluate(policy, num_envs: int = 4, episodes: int = 8, backend: str = "cpu",
         physics = dict(solver=solver, iterations=iterations, ls_iterations=ls_iterations)
         if backend == "mjx":
             physics["impl"] = impl
+        setup = _Setup(pol, mode, where, groups, num_envs, quota, episodes, seed, max_steps,
+                       record, bool(behaviour), bar, physics,
+                       pol.config.syllable_key if pol is not None else SYLLABLES)
         try:
             run = _run_cpu if backend == "cpu" else _run_mjx
-            res = run(pol, mode, where, store, body, clip_dir, clips, num_envs, quota, seed,
-                      max_steps, record, bar, physics)
+            results, layout = run(setup, store, body, clip_dir, clips)
         finally:
             if bar is not None:
                 bar.close()
-    res.summary.update(mode=mode.name, body=body, backend=backend, checkpoint=str(pol.path),
-                       **{k: v for k, v in physics.items() if v is not None and k != "impl"})
+    res = results[0]
+    extra = dict(mode=mode.name if mode else f"baseline {where}", body=body, backend=backend,
+                 checkpoint=str(pol.path) if pol is not None else None,
+                 **{k: v for k, v in physics.items() if v is not None and k != "impl"})
+    if "impl" in results[0].summary:
+        extra["impl"] = results[0].summary["impl"]
+    base = dict(zip(groups[1:], results[1:]))
+    if "zero" in base and "expert" in base:
+        for r in results:
+            r.summary.update(scores(r.summary, base["zero"].summary, base["expert"].summary))
+    if base:
+        res.summary["baselines"] = {k: r.summary for k, r in base.items()}
+        res.baselines = base
+    if behaviour:
+        res.summary["behaviour"] = behaviour_scores(
+            res, base.get("zero"), pol, store_dir=clip_dir, clips=clips, body=body, layout=layout,
+            arhmm=arhmm, notes=notes)
+    if notes:
+        res.summary["notes"] = notes
+    res.summary.update(extra)
     return res
 
 
-def _run_cpu(pol, mode, where, store, body, clip_dir, clips, num_envs, quota, seed, max_steps,
-             record, bar, physics) -> EvalResult:
-    import jax
+def autonomous(mode: Mode) -> bool:
+    """Whether a mode that acts runs without seeing the reference's pose (no ``obs``, so no
+    ``ref_*`` parts): ``state_action`` and ``syllable_state_intention``. Tracking is the wrong
+    judge of those; :func:`behaviour_scores` asks whether their motion looks like the data."""
+    return mode.acts and "obs" not in mode.x_in and not any(s.startswith("ref") for s in mode.x_in)
 
-    from ncssm_env import task as _task
-    from ncssm_env.vector import TrackVectorEnv
 
-    env = TrackVectorEnv(num_envs, body=body, clip_dir=clip_dir, clips=clips,
-                         max_episode_steps=max_steps, **physics)
+def scores(summary: dict, zero: dict, expert: dict) -> dict:
+    """``score_<error>`` = (e_zero - e) / (e_zero - e_expert) for every tracking error in all
+    three summaries (their means over episodes): 1 is the expert, 0 doing nothing, below 0
+    worse than nothing; NaN where the two baselines tie."""
+    out = {}
+    for k in summary:
+        if k.startswith("err_") and k in zero and k in expert:
+            e, z, x = summary[k]["mean"], zero[k]["mean"], expert[k]["mean"]
+            out["score_" + k[4:]] = float((z - e) / (z - x)) if abs(z - x) > 1e-12 else \
+                float("nan")
+    return out
+
+
+def behaviour_scores(res: EvalResult, zero: EvalResult | None, pol, store_dir, clips, body: str,
+                     layout: dict, arhmm: str | None = None, notes: list | None = None) -> dict:
+    """Does the policy's motion look like the held-out clips? (:mod:`ncssm_policies.behaviour`
+    says exactly how each score is computed.)
+
+    - ``frechet``: the Fréchet distance between Gaussians fitted to 1-second windows of pose
+      features of the policy's episodes and of the held-out clips (``clips`` of
+      ``store_dir``), in a PCA space fitted on the training clips (the policy's training
+      split; all other clips of ``store_dir`` for a baseline); ``frechet_floor`` is the
+      training clips against the held-out ones, ``frechet_ceiling`` zero action's episodes
+      against them.
+    - ``falls_per_min`` of the policy, of zero action (``falls_per_min_zero``) and of the
+      held-out clips (``falls_per_min_clips``).
+    - With ``arhmm`` (a model saved by ``ncssm-data segment``): ``syllable_jsd``, the
+      Jensen-Shannon divergence (bits) of syllable usage in the policy's episodes against the
+      held-out clips, and ``syllable_jsd_zero``.
+    """
+    from ncssm_env.gym_env import TrackEnv
+    from ncssm_policies import behaviour as bh
+
+    env = TrackEnv(body=body, clip_dir=store_dir)
     try:
-        parts = _policy_parts(pol, mode, env.obs_layout, env.single_observation_space.shape[0],
-                              env.model.nu, body, where)
-        syl = _syllable_table(store, mode, env.clip_ids, env.lengths, pol.config.syllable_key)
-        act = jax.jit(_act_fn(pol, parts, env.single_action_space.low,
-                              env.single_action_space.high))
-        eps = _Episodes(quota, env.clip_ids, env.lengths, _task.TERMINATIONS, record, bar)
-        carry = pol.model.initialize_carry(num_envs)
-        obs, _ = env.reset(seed=seed)
-        fresh = np.ones(num_envs, bool)  # envs whose obs is the first of an episode
-        resetting = np.zeros(num_envs, bool)  # envs that the next step restarts (NEXT_STEP)
-        while not eps.full:
-            slot, t = env.slot.copy(), env.t.copy()
-            carry, action = act(carry, fresh, obs, syl[slot, np.minimum(t, syl.shape[1] - 1)])
-            action = np.asarray(action)
-            qpos = np.stack([d.qpos.copy() for d in env.datas]) if record else None
-            obs, rew, term, trunc, info = env.step(action)
-            live = ~resetting
-            done = (term | trunc) & live
-            step = step_record(np, slot, t, done, rew, info["metrics"])
-            if record:
-                step.update(qpos=qpos, ref_qpos=env.clips.qpos[slot, t], ctrl=action)
-            eps.add({k: np.asarray(v)[None] for k, v in step.items()}, live[None])
-            fresh, resetting = resetting, done
-        return eps.result()
+        n = len(env.store)
+        held = np.arange(n) if clips is None else np.asarray(clips, np.int64)
+        train = np.setdiff1d(np.arange(n), held)
+        if train.size == 0:
+            train = held
+            (notes if notes is not None else []).append(
+                "behaviour scores: no clips outside the evaluated ones, so the PCA space was "
+                "fitted on the evaluated clips themselves")
+
+        def clip_features(ids):
+            return [bh.features_from_qpos(env.model, env.idx, env.clip(int(i)).qpos,
+                                          env.clip(int(i)).qvel) for i in ids]
+
+        held_f, train_f = clip_features(held), clip_features(train)
+        widths = [b - a for a, b in (layout[k] for k in POSE_PARTS)]
+        cuts = np.cumsum(widths)[:-1]
+
+        def rollout_features(poses):
+            return [bh.pose_features(*np.split(p, cuts, axis=1)) for p in poses]
+
+        pol_f = rollout_features(res.poses)
+        zero_f = rollout_features(zero.poses) if zero is not None else None
+        w, st = bh.PoseSpace.window, bh.PoseSpace.stride
+        n_windows = sum((len(f) - w) // st + 1 for f in train_f if len(f) >= w)
+        if n_windows < 3:
+            return {"note": f"behaviour scores skipped: the training clips give {n_windows} "
+                            f"windows of 1 s, too few to fit the pose space"}
+        space = bh.PoseSpace(n_components=min(16, n_windows - 1)).fit(train_f)
+        ref = space.embed(held_f)
+
+        def frechet(feats):
+            x = space.embed(feats)
+            return bh.frechet_distance(x, ref) if len(x) >= 2 and len(ref) >= 2 else float("nan")
+
+        lo, hi = env.healthy_z
+        nj = widths[0]
+
+        def falls(feats):
+            return bh.falls_per_minute([f[:, nj] for f in feats], [f[:, nj + 3] for f in feats],
+                                       (lo, hi), env.control_dt)
+
+        out = {"frechet": frechet(pol_f), "frechet_floor": frechet(train_f),
+               "windows": int(len(space.embed(pol_f))), "windows_held_out": int(len(ref)),
+               "falls_per_min": falls(pol_f), "falls_per_min_clips": falls(held_f)}
+        if zero_f is not None:
+            out.update(frechet_ceiling=frechet(zero_f), falls_per_min_zero=falls(zero_f))
+        if arhmm is not None:
+            from ncssm_policies.arhmm import ARHMM
+
+            model = ARHMM.load(arhmm)
+            name = model.features.name
+            if name != "qpos_local":
+                raise ValueError(f"The AR-HMM in {arhmm} was fitted on feature {name!r}; "
+                                 f"rollouts give only the pose, so fit it on 'qpos_local'.")
+            K = model.hyper["num_states"]
+
+            def usage(feats):
+                return model.decode([model.features(f[:, :nj], str(arhmm)) for f in feats])
+
+            held_l = usage(held_f)
+            out["syllable_jsd"] = bh.usage_jsd(usage(pol_f), held_l, K)
+            if zero_f is not None:
+                out["syllable_jsd_zero"] = bh.usage_jsd(usage(zero_f), held_l, K)
+        return out
     finally:
         env.close()
 
 
-def policy_env_scan(pol, env, syllables, length: int, record: bool = False, where=None):
-    """``chunk(state, carry, fresh) -> ((state, carry, fresh), out)``: ``length`` control steps
-    of the policy and the vmapped MJX env ``env`` in one ``lax.scan`` (jit it). ``state`` is
-    the batched env state (N envs), ``carry`` the policy's, ``fresh`` (N,) marks envs whose
-    observation starts an episode; ``syllables`` (n_clips, T) int32. The policy must fit the
-    env's body (one sentence naming ``where``, default the policy's path, if not). ``out`` holds (length, N)
-    arrays: ``done``, ``slot``, ``t``, ``reward``, ``cause`` (1 + the index of the first
-    termination cause, 0 for none), ``overflow`` and every ``err_*`` and ``rew_*`` metric, and
-    when ``record`` the ``qpos`` before each action, ``ref_qpos`` and ``ctrl``."""
+def _run_cpu(setup: _Setup, store, body, clip_dir, clips):
+    import jax
+
+    from ncssm_env.vector import TrackVectorEnv
+
+    N, G = setup.N, len(setup.groups)
+    M = N * G
+    env = TrackVectorEnv(M, body=body, clip_dir=clip_dir, clips=clips,
+                         max_episode_steps=setup.max_steps, **setup.physics)
+    try:
+        lo, hi = env.single_action_space.low, env.single_action_space.high
+        syl = _syllable_table(store, setup.mode, env.clip_ids, env.lengths, setup.syllable_key)
+        act, init = setup.actors(env.obs_layout, env.single_observation_space.shape[0],
+                                 env.model.nu, body, lo, hi, syl, env.clips.ctrl.astype(np.float32))
+        act = jax.jit(act)
+        plan = EpisodePlan.draw(env.lengths, setup.episodes, env.model.nq - 7,
+                                env.cfg.reset_noise, setup.seed)
+        cols = pose_columns(env.obs_layout) if setup.pose else None
+        eps = setup.episodes_of(env.clip_ids, env.lengths)
+        member = np.tile(np.arange(N), G)  # each env's index in its group
+        k = np.zeros(M, np.int64)  # episodes each env has started
+
+        def start(mask, seed=None):
+            j = plan.index(member, k, N)
+            return env.reset(seed=seed, options={
+                "reset_mask": mask, "clip": env.clip_ids[plan.slot[j]], "start": plan.start[j],
+                "noise": plan.noise[j]})[0]
+
+        obs, carry = start(np.ones(M, bool), setup.seed), init()
+        fresh = np.ones(M, bool)  # envs whose obs is the first of an episode
+        while not all(e.full for e in eps):
+            slot, t = env.slot.copy(), env.t.copy()
+            carry, action = act(carry, fresh, obs, slot, t)
+            action = np.asarray(action)
+            before = obs
+            qpos = np.stack([d.qpos.copy() for d in env.datas]) if setup.record else None
+            obs, rew, term, trunc, info = env.step(action)
+            done = term | trunc
+            step = step_record(np, slot, t, done, rew, info["metrics"])
+            if setup.record:
+                step.update(qpos=qpos, ref_qpos=env.clips.qpos[slot, t], ctrl=action)
+            if cols is not None:
+                step["pose"] = before[:, cols]
+            setup.add(eps, {k_: np.asarray(v)[None] for k_, v in step.items()})
+            if done.any():
+                k += done
+                obs = start(done)
+            fresh = done
+        return [e.result() for e in eps], env.obs_layout
+    finally:
+        env.close()
+
+
+def policy_env_scan(env, act, plan: EpisodePlan, N: int, length: int, record: bool = False,
+                    pose_cols=None):
+    """``chunk(state, carry, fresh, k) -> ((state, carry, fresh, k), out)``: ``length`` control
+    steps of the actor ``act`` (:func:`_grouped`'s) and the vmapped MJX env ``env`` in one
+    ``lax.scan`` (jit it). ``state`` is the batched env state (M envs: groups of ``N``),
+    ``carry`` the actor's, ``fresh`` (M,) marks envs whose observation starts an episode,
+    ``k`` (M,) counts the episodes each env has started; an episode that ends restarts the env
+    on its next episode of ``plan``. ``out`` holds (length, M) arrays: ``done``, ``slot``,
+    ``t``, ``reward``, ``cause`` (1 + the index of the first termination cause, 0 for none),
+    ``overflow`` and every ``err_*`` and ``rew_*`` metric; when ``record`` the ``qpos``
+    before each action, ``ref_qpos`` and ``ctrl``; with ``pose_cols`` the observation's pose
+    columns before each action, ``pose`` (length, M, F)."""
     import jax
     import jax.numpy as jnp
 
-    parts = _policy_parts(pol, get_mode(pol.config.mmode), env.obs_layout, env.observation_size,
-                          env.action_size, env.body, where or pol.path)
-    lo, hi = env.mj_model.actuator_ctrlrange.T.astype(np.float32)
-    act = _act_fn(pol, parts, lo, hi)
-    step = jax.vmap(env.step)
+    advance, restart = jax.vmap(env.advance), jax.vmap(env.restart)
+    reset_to = jax.vmap(env.reset_to)
+    slots, starts, noise = (jnp.asarray(a) for a in (plan.slot, plan.start, plan.noise))
 
-    def chunk(state, carry, fresh):
+    def chunk(state, carry, fresh, k):
+        member = jnp.arange(fresh.shape[0]) % N
+
         def body_fn(c, _):
-            state, carry, fresh = c
+            state, carry, fresh, k = c
             slot, t = state.info["slot"], state.info["t"]
-            carry, a = act(carry, fresh, state.obs,
-                           syllables[slot, jnp.minimum(t, syllables.shape[1] - 1)])
-            nxt = step(state, a)
+            carry, a = act(carry, fresh, state.obs, slot, t)
+            nxt = advance(state, a)
             done = nxt.done > 0
             out = {**step_record(jnp, slot, t, done, nxt.reward, nxt.metrics),
                    "overflow": nxt.info["overflow"]}
             if record:
                 out.update(qpos=state.pipeline_state.qpos, ref_qpos=env.qpos[slot, t], ctrl=a)
-            return (nxt, carry, done), out
+            if pose_cols is not None:
+                out["pose"] = state.obs[:, pose_cols]
+            k = k + done
+            j = plan.index(member, k, N)
+            nxt = restart(nxt, reset_to(nxt.info["rng"], slots[j], starts[j], noise[j]))
+            return (nxt, carry, done, k), out
 
-        return jax.lax.scan(body_fn, (state, carry, fresh), None, length=length)
+        return jax.lax.scan(body_fn, (state, carry, fresh, k), None, length=length)
 
     return chunk
 
 
-def _run_mjx(pol, mode, where, store, body, clip_dir, clips, num_envs, quota, seed, max_steps,
-             record, bar, physics) -> EvalResult:
+def _run_mjx(setup: _Setup, store, body, clip_dir, clips):
     import jax
     import jax.numpy as jnp
 
-    from ncssm_env import task as _task
     from ncssm_env.mjx_env import MJXTrackEnv
 
-    env = MJXTrackEnv(body=body, clip_dir=clip_dir, clips=clips, num_envs=num_envs,
-                      max_episode_steps=max_steps or 2**30, **physics)
+    N, G = setup.N, len(setup.groups)
+    M = N * G
+    env = MJXTrackEnv(body=body, clip_dir=clip_dir, clips=clips, num_envs=M,
+                      max_episode_steps=setup.max_steps or 2**30, **setup.physics)
     lengths = np.asarray(env.lengths)
-    syl = jnp.asarray(_syllable_table(store, mode, env.clip_ids, lengths, pol.config.syllable_key))
-    chunk = jax.jit(policy_env_scan(pol, env, syl, MJX_CHUNK, record, where))
-    eps = _Episodes(quota, env.clip_ids, lengths, _task.TERMINATIONS, record, bar)
-    state = jax.jit(jax.vmap(env.reset))(jax.random.split(jax.random.PRNGKey(seed), num_envs))
-    c = (state, pol.model.initialize_carry(num_envs), jnp.ones(num_envs, bool))
-    while not eps.full:
+    syl = jnp.asarray(_syllable_table(store, setup.mode, env.clip_ids, lengths,
+                                      setup.syllable_key))
+    lo, hi = env.mj_model.actuator_ctrlrange.T.astype(np.float32)
+    act, init = setup.actors(env.obs_layout, env.observation_size, env.action_size, body, lo, hi,
+                             syl, env.ctrl.astype(jnp.float32))
+    plan = EpisodePlan.draw(lengths, setup.episodes, env.mj_model.nq - 7, env.cfg.reset_noise,
+                            setup.seed)
+    cols = jnp.asarray(pose_columns(env.obs_layout)) if setup.pose else None
+    chunk = jax.jit(policy_env_scan(env, act, plan, N, MJX_CHUNK, setup.record, cols))
+    eps = setup.episodes_of(env.clip_ids, lengths)
+    j = plan.index(np.tile(np.arange(N), G), np.zeros(M, np.int64), N)
+    keys = jax.random.split(jax.random.PRNGKey(setup.seed), M)
+    state = jax.jit(jax.vmap(env.reset_to))(keys, jnp.asarray(plan.slot[j]),
+                                            jnp.asarray(plan.start[j]), jnp.asarray(plan.noise[j]))
+    c = (state, init(), jnp.ones(M, bool), jnp.zeros(M, jnp.int32))
+    while not all(e.full for e in eps):
         c, out = chunk(*c)
         out = jax.device_get(out)
         overflow = out.pop("overflow")
         if overflow.any():
             raise env.overflow_error(overflow.max(axis=0))
-        eps.add(out)
-    res = eps.result()
-    res.summary["impl"] = env.impl
-    return res
+        setup.add(eps, out)
+    results = [e.result() for e in eps]
+    results[0].summary["impl"] = env.impl
+    return results, env.obs_layout
 
 
 # ----------------------------------------------------------------------------------------------
@@ -391,17 +731,40 @@ def _run_mjx(pol, mode, where, store, body, clip_dir, clips, num_envs, quota, se
 
 
 def metrics_table(result: EvalResult) -> str:
-    """The summary as an aligned text table: one row per metric (mean, median), then causes."""
+    """The summary as aligned text. Closed loop with baselines: first the policy, zero action
+    and the expert in rows (survival and the scores), then one row per metric with the
+    policy's mean and median beside each baseline's mean; then the causes and any notes."""
     s = result.summary
-    rows = [(k, v["mean"], v["median"]) for k, v in s.items() if isinstance(v, dict)
-            and "mean" in v]
-    width = max([len(k) for k, *_ in rows] + [6])
-    lines = [f"{'metric':<{width}}  {'mean':>10}  {'median':>10}"]
-    lines += [f"{k:<{width}}  {m:>10.4g}  {d:>10.4g}" for k, m, d in rows]
+    base = s.get("baselines", {})
+    rows = [(k, v) for k, v in s.items() if isinstance(v, dict) and "mean" in v]
+    width = max([len(k) for k, _ in rows] + [8])
+    lines = []
+    if "survival" in s:
+        score_keys = [k for k in s if k.startswith("score_")]
+        head = ["survival", *score_keys]
+        lines.append(f"{'':<8}" + "".join(f"  {k:>{max(len(k), 8)}}" for k in head))
+        for name, summ in (("policy", s), *base.items()):
+            lines.append(f"{name:<8}" + "".join(
+                f"  {summ.get(k, float('nan')):>{max(len(k), 8)}.3g}" for k in head))
+        lines.append("")
+    cols = ["mean", "median", *(f"{b} mean" for b in base)]
+    lines.append(f"{'metric':<{width}}" + "".join(f"  {c:>11}" for c in cols))
+    for k, v in rows:
+        vals = [v["mean"], v["median"], *(b[k]["mean"] if k in b else float("nan")
+                                            for b in base.values())]
+        lines.append(f"{k:<{width}}" + "".join(f"  {x:>11.4g}" for x in vals))
     if "causes" in s:
         n = sum(s["causes"].values())
         lines.append("episode ends: " + ", ".join(
             f"{k} {v} ({100 * v / n:.0f}%)" for k, v in sorted(s["causes"].items())))
+        for name, b in base.items():
+            lines.append(f"  {name}: " + ", ".join(
+                f"{k} {v}" for k, v in sorted(b["causes"].items())))
+    if "behaviour" in s:
+        lines.append("behaviour (does the motion look like the held-out clips?):")
+        lines += [f"  {k}: {v:.4g}" if isinstance(v, float) else f"  {k}: {v}"
+                  for k, v in s["behaviour"].items()]
+    lines += [f"note: {n}" for n in s.get("notes", [])]
     return "\n".join(lines)
 
 
@@ -411,7 +774,8 @@ class RolloutConfig:
 
     The defaults are ``configs/rollout.yaml``'s. ``checkpoint``: a run folder or its
     checkpoints (a glob picks the newest match: by default the newest quickstart run);
-    ``which``: ``best`` or ``latest``. ``clip_dir`` (None: the clips it trained on) and ``clips`` (None: the held-out
+    ``which``: ``best`` or ``latest``; or ``zero`` / ``expert`` to run that baseline alone
+    (on ``clip_dir``, all its clips by default, body ``body``). ``clip_dir`` (None: the clips it trained on) and ``clips`` (None: the held-out
     clips, or all of ``clip_dir``) pick the references. ``num_envs``, ``episodes``, ``backend``
     (``cpu``, ``mjx``, ``auto``), ``impl`` (the MJX physics: ``jax``, ``warp``, ``auto``),
     ``solver``, ``iterations``, ``ls_iterations``, ``max_steps`` and ``seed`` are
@@ -419,7 +783,10 @@ class RolloutConfig:
     ``out_dir`` (None: ``<run folder>/rollout``) receives ``summary.json``, ``rollouts.h5``
     (``save_rollouts``) and ``episode.mp4`` (``video``: episode ``video_episode``, reference
     left, policy right, each ``width`` x ``height``). ``context`` and ``horizon``: the open-loop
-    windows of models that predict rather than act.
+    windows of models that predict rather than act. ``baselines`` (``zero``, ``expert``) run
+    on the policy's episodes; ``behaviour`` (None: for the autonomous modes) adds the
+    distributional scores, ``arhmm`` an AR-HMM model file for the syllable-usage divergence.
+    ``body``: None takes the clips' body.
     """
 
     checkpoint: str | None = "runs/quickstart-*"
@@ -443,6 +810,10 @@ class RolloutConfig:
     height: int = 240
     context: int = 50
     horizon: int = 50
+    baselines: list[str] = dataclasses.field(default_factory=lambda: list(BASELINES))
+    behaviour: bool | None = None
+    arhmm: str | None = None
+    body: str | None = None
 
     def __post_init__(self):
         from ncssm_policies.config import ConfigError
@@ -482,15 +853,19 @@ def rollout(cfg: RolloutConfig, progress: bool = True) -> tuple[EvalResult, dict
     result and the paths written."""
     from ncssm_data.clips import atomic_path
 
-    ckpt = resolve_checkpoint(cfg.checkpoint)
+    ckpt = cfg.checkpoint if cfg.checkpoint in BASELINES else resolve_checkpoint(cfg.checkpoint)
     t0 = time.perf_counter()
-    res = evaluate(ckpt, num_envs=cfg.num_envs, episodes=cfg.episodes, backend=cfg.backend,
-                   clips=cfg.clips, clip_dir=cfg.clip_dir, seed=cfg.seed,
-                   max_steps=cfg.max_steps, which=cfg.which, record=cfg.save_rollouts or cfg.video,
-                   progress=progress, context=cfg.context, horizon=cfg.horizon, impl=cfg.impl,
-                   solver=cfg.solver, iterations=cfg.iterations, ls_iterations=cfg.ls_iterations)
+    baseline = cfg.checkpoint in BASELINES
+    res = evaluate(cfg.checkpoint if baseline else ckpt, num_envs=cfg.num_envs,
+                   episodes=cfg.episodes, backend=cfg.backend, clips=cfg.clips,
+                   clip_dir=cfg.clip_dir, body=cfg.body, seed=cfg.seed, max_steps=cfg.max_steps,
+                   which=cfg.which, record=cfg.save_rollouts or cfg.video, progress=progress,
+                   context=cfg.context, horizon=cfg.horizon, impl=cfg.impl, solver=cfg.solver,
+                   iterations=cfg.iterations, ls_iterations=cfg.ls_iterations,
+                   baselines=cfg.baselines, behaviour=cfg.behaviour, arhmm=cfg.arhmm)
     res.summary["evaluate_s"] = round(time.perf_counter() - t0, 1)
-    out = Path(cfg.out_dir) if cfg.out_dir else _run_folder(ckpt) / "rollout"
+    out = Path(cfg.out_dir) if cfg.out_dir else \
+        Path("runs") / f"baseline-{cfg.checkpoint}" if baseline else _run_folder(ckpt) / "rollout"
     out.mkdir(parents=True, exist_ok=True)
     paths = {"summary": out / "summary.json"}
     meta = {"checkpoint": str(ckpt), "config": dataclasses.asdict(cfg), "summary": res.summary}
@@ -504,10 +879,15 @@ def rollout(cfg: RolloutConfig, progress: bool = True) -> tuple[EvalResult, dict
             paths["video"] = render_episode(out / "episode.mp4", res.summary["body"], ep["qpos"],
                                             ep["ref_qpos"], width=cfg.width, height=cfg.height)
     res.summary["outputs_s"] = round(time.perf_counter() - t0 - res.summary["evaluate_s"], 1)
-    episodes = {k: np.asarray(v).tolist() for k, v in res.episodes.items()
+    def per_episode(eps):
+        return {k: np.asarray(v).tolist() for k, v in eps.items()
                 if np.ndim(v) == 1}  # (not the open-loop predictions)
+
+    body = {**meta, "episodes": per_episode(res.episodes)}
+    if res.baselines:
+        body["baseline_episodes"] = {k: per_episode(r.episodes) for k, r in res.baselines.items()}
     with atomic_path(paths["summary"]) as tmp:
-        tmp.write_text(json.dumps({**meta, "episodes": episodes}, indent=2))
+        tmp.write_text(json.dumps(body, indent=2))
     return res, {k: str(v) for k, v in paths.items()}
 
 

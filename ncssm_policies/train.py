@@ -427,7 +427,8 @@ def _finish(setup: Setup, result: RunResult, model, params, val_batch, metrics_p
                "val_r2": result.val_r2, "paths": result.paths}
     if cfg.eval_episodes and get_mode(cfg.mmode).acts:
         ev = evaluate(run_dir, num_envs=min(cfg.eval_envs, cfg.eval_episodes),
-                      episodes=cfg.eval_episodes, seed=cfg.seed, progress=progress)
+                      episodes=cfg.eval_episodes, seed=cfg.seed, progress=progress,
+                      behaviour=False)
         result.closed_loop = summary["closed_loop"] = ev.summary
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     result.paths["summary"] = str(run_dir / "summary.json")
@@ -482,11 +483,19 @@ def summary_text(cfg: TrainConfig, result: RunResult, target: str, seconds: floa
     ev = result.closed_loop
     if ev:
         causes = ", ".join(f"{k} {v}" for k, v in sorted(ev["causes"].items()))
-        lines.append(
-            f"  closed loop, {ev['episodes']} episodes on held-out clips: "
-            f"{100 * ev['fraction']['mean']:.0f}% of the clip completed (mean), joint error "
-            f"{ev['err_joints']['mean']:.3f} rad, root error {ev['err_root_pos']['mean']:.3f} m; "
-            f"ends: {causes}")
+        base = ev.get("baselines", {})
+        zero, expert = base.get("zero"), base.get("expert")
+        line = (f"  closed loop, {ev['episodes']} episodes on held-out clips: survival "
+                f"{100 * ev['survival']:.0f}%")
+        if zero:
+            line += f" (zero action {100 * zero['survival']:.0f}%)"
+        if "score_joints" in ev:
+            line += f", joint score {ev['score_joints']:.2f} (zero action 0, expert 1)"
+        line += f", joint error {ev['err_joints']['mean']:.3f} rad"
+        if zero and expert:
+            line += (f" (zero {zero['err_joints']['mean']:.3f}, expert "
+                     f"{expert['err_joints']['mean']:.3f})")
+        lines.append(line + f"; ends: {causes}")
     lines += [f"  {k}: {v}" for k, v in result.paths.items()]
     return "\n".join(lines)
 
