@@ -117,8 +117,9 @@ def store_keys(store, syllable_key: str = SYLLABLES) -> frozenset[str]:
 
 def check_sources(mode: Mode, keys, layout, where: str, syllable_key: str = SYLLABLES) -> None:
     """Every source of ``mode`` is a dataset among ``keys`` or a name in ``layout``; the
-    ``syllables`` source is the dataset ``syllable_key``."""
-    for source in mode.sources:
+    ``syllables`` source is the dataset ``syllable_key``. Datasets are checked first, so a
+    reference-only folder (qpos without obs or ctrl) is refused naming the dataset it lacks."""
+    for source in sorted(mode.sources, key=lambda s: (s not in DATASETS, s == "obs")):
         if source in DATASETS:
             key = dataset_key(source, syllable_key)
             if key not in keys:
@@ -126,6 +127,11 @@ def check_sources(mode: Mode, keys, layout, where: str, syllable_key: str = SYLL
                     f"Mode {mode.name!r} needs the dataset /{key}, which the clips in "
                     f"{where} lack."
                 )
+        elif not layout:
+            raise ClipError(
+                f"Mode {mode.name!r} needs {source!r}, a slice of the dataset /obs, which the "
+                f"clips in {where} lack (reference-only clips: qpos to track, no observations)."
+            )
         elif source not in layout:
             raise ClipError(
                 f"Mode {mode.name!r} needs {source!r} from the obs layout of {where}, which "

@@ -154,6 +154,16 @@ def test_ncssm_rollout_cli(sa_run, tmp_path, capsys):
     assert "3 episodes on cpu" in text and "err_joints" in text and "episode ends:" in text
     summary = json.loads((out / "summary.json").read_text())
     assert summary["summary"]["episodes"] == 3 and summary["config"]["seed"] == 4
+    # The baselines ran the very same episodes, and their summaries have the policy's keys.
+    base = summary["summary"]["baselines"]
+    assert set(base) == {"zero", "expert"}
+    for name in base:
+        assert set(base[name]) == {k for k in summary["summary"] if k.startswith(
+            ("err_", "rew_", "score_", "survival", "causes", "episodes", "length", "fraction",
+             "return"))}
+        for k in ("clip", "start"):
+            assert summary["baseline_episodes"][name][k] == summary["episodes"][k]
+    assert "policy" in text and "zero mean" in text and "expert mean" in text
     episodes, meta = load_rollouts(out / "rollouts.h5")
     assert len(episodes) == 3 and meta["summary"]["body"] == "test"
     assert [e["length"] for e in episodes] == summary["episodes"]["length"]
@@ -207,3 +217,86 @@ def test_syllable_table_reads_the_syllable_key(test_clips, tmp_path):
         table = _syllable_table(store, ssi, [2, 0], lengths, "syllables_arhmm")
         np.testing.assert_array_equal(table, 7 - own)
         assert table.dtype == np.int32
+
+
+def test_baselines_run_the_policys_episodes(sa_run, test_clips):
+    """The policy, zero action and the expert run one plan: the same clips, starts and reset
+    noise, episode by episode. Run alone in a batch of another size, zero action gives
+    exactly the numbers it gave beside the policy, so nothing depends on who else ran."""
+    res = evaluate(sa_run, num_envs=2, episodes=5, seed=4, clips=[0, 1, 2])
+    zero, expert = res.baselines["zero"], res.baselines["expert"]
+    for b in (zero, expert):
+        for k in ("episode", "clip", "start"):
+            np.testing.assert_array_equal(b.episodes[k], res.episodes[k])
+    alone = evaluate("zero", num_envs=3, episodes=5, seed=4, clip_dir=test_clips, clips=[0, 1, 2],
+                     baselines=())
+    for k in alone.episodes:
+        np.testing.assert_array_equal(alone.episodes[k], zero.episodes[k])
+    # Scores: 1 is the expert, 0 doing nothing; the replay tracks far better than nothing.
+    s, z, x = res.summary, zero.summary, expert.summary
+    assert z["score_joints"] == 0 and x["score_joints"] == 1
+    assert x["err_joints"]["mean"] < 0.2 * z["err_joints"]["mean"]
+    want = (z["err_joints"]["mean"] - s["err_joints"]["mean"]) / (
+        z["err_joints"]["mean"] - x["err_joints"]["mean"])
+    assert np.isclose(s["score_joints"], want)
+    assert s["survival"] == np.mean(res.episodes["cause"] == "end")
+    assert s["baselines"]["zero"] is z and "score_root_pos" in s
+
+
+def test_reference_only_clips_are_tracked(test_clips, tmp_path, jax_cache):
+    """Clips of qpos alone (no obs, no ctrl): every env tracks them, evaluate skips the expert
+    with a note, and training modes refuse them naming what is missing."""
+    from ncssm_data import ClipDataset, ClipStore, write_clip
+    from ncssm_data.errors import ClipError
+    from ncssm_env.gym_env import TrackEnv
+    from ncssm_env.vector import TrackVectorEnv
+
+    ref = tmp_path / "ref_only"
+    ref.mkdir()
+    with ClipStore(test_clips) as store:
+        for i in range(len(store)):
+            write_clip(ref / f"clip_{i}.h5", {k: store.read(i, k) for k in ("qpos", "qvel")},
+                       obs_layout=None, body="test", control_dt=store.control_dt,
+                       generator="test")
+    env = TrackEnv(body="test", clip_dir=ref, task={"reset_noise": 0})
+    obs, _ = env.reset(seed=0, options={"clip": 1, "start": 10})
+    assert not env.has_ctrl and np.isfinite(obs).all()
+    full = TrackEnv(body="test", clip_dir=test_clips, task={"reset_noise": 0})
+    obs_full, _ = full.reset(seed=0, options={"clip": 1, "start": 10})
+    layout = env.obs_layout  # the same pose and reference; only prev_action differs
+    a, b = layout["prev_action"]
+    np.testing.assert_allclose(np.delete(obs, np.s_[a:b]), np.delete(obs_full, np.s_[a:b]),
+                               atol=1e-5)
+    obs, rew, *_ = env.step(np.zeros(env.model.nu, np.float32))
+    assert np.isfinite(rew) and 0 < rew
+    venv = TrackVectorEnv(2, body="test", clip_dir=ref)
+    obs, _ = venv.reset(seed=0)
+    obs, rew, *_ = venv.step(np.zeros((2, venv.model.nu), np.float32))
+    assert obs.shape == (2, len(obs_full)) and np.isfinite(rew).all()
+    venv.close()
+    for backend, impl in (("cpu", "auto"), ("mjx", "jax")):
+        res = evaluate("zero", num_envs=2, episodes=2, seed=0, clip_dir=ref, backend=backend,
+                       impl=impl, baselines=("expert",))
+        assert res.summary["episodes"] == 2 and np.isfinite(res.episodes["err_joints"]).all()
+    with pytest.raises(ValueError, match="hold no /ctrl"):
+        evaluate("expert", clip_dir=ref)
+    for mode, missing in (("state_action", "/ctrl"), ("state_intention", "/latent_mean"),
+                          ("syllable_state_intention", "/syllables"),
+                          ("state_intention_controller", "/ctrl"),
+                          ("pure_state", "/obs")):
+        with pytest.raises(ClipError, match=missing):
+            ClipDataset(ref, batch_size=1, seg_len=10, mmode=mode)
+
+
+def test_expert_is_skipped_with_a_note_on_reference_only_clips(sa_run, test_clips, tmp_path):
+    from ncssm_data import ClipStore, write_clip
+
+    ref = tmp_path / "ref_only"
+    ref.mkdir()
+    with ClipStore(test_clips) as store:
+        for i in range(len(store)):
+            write_clip(ref / f"clip_{i}.h5", {"qpos": store.read(i, "qpos")}, obs_layout=None,
+                       body="test", control_dt=store.control_dt, generator="test")
+    res = evaluate(sa_run, num_envs=2, episodes=2, clip_dir=ref)
+    assert set(res.summary["baselines"]) == {"zero"} and "score_joints" not in res.summary
+    assert any("expert baseline skipped" in n for n in res.summary["notes"])
