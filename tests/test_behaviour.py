@@ -216,3 +216,35 @@ def test_clip_features_equal_the_envs_observation_features(test_clips):
     np.testing.assert_allclose(features_from_qpos(env.model, env.idx, clip.qpos, clip.qvel),
                                stored, rtol=1e-5, atol=1e-5)
     env.close()
+
+
+# --- wired into evaluation --------------------------------------------------------------------
+
+
+def test_behaviour_scores_of_the_held_out_clips_themselves(tmp_path_factory):
+    """``evaluate``'s behaviour scores, with the held-out clips' own motion standing in for a
+    policy's episodes: Fréchet 0 against them, falls as in the clips, and (with an AR-HMM)
+    the same syllable usage. The floor (training clips against held-out) is above 0."""
+    from ncssm_env.synthetic import generate
+    from ncssm_policies import arhmm
+    from ncssm_policies.openloop import EvalResult
+    from ncssm_policies.rollout import behaviour_scores, pose_columns
+
+    root = tmp_path_factory.mktemp("long_test_clips")
+    generate(root, body="test", n_clips=5, n_frames=160, seed=3, progress=False)
+    held = [3, 4]
+    with ClipStore(root) as store:
+        layout = store.obs_layout
+        cols = pose_columns(layout)
+        poses = [store.read(i, "obs")[:, cols] for i in held]
+        q = [store.obs(i, "qpos_local") for i in range(3)]
+    feats = arhmm.Features.fit("qpos_local", q, None)
+    model = arhmm.fit(feats, [feats(x) for x in q], num_states=3, kappa=10.0, num_lags=1,
+                      num_iters=3, seed=0)
+    path = model.save(tmp_path_factory.mktemp("arhmm") / "arhmm.npz")
+    res = EvalResult({}, {}, poses=poses)
+    out = behaviour_scores(res, None, None, root, held, "test", layout, arhmm=str(path))
+    assert out["windows"] == out["windows_held_out"] == 2 * ((160 - 50) // 10 + 1)
+    assert out["frechet"] < 1e-6 < out["frechet_floor"]
+    assert out["falls_per_min"] == out["falls_per_min_clips"]
+    assert out["syllable_jsd"] < 1e-6

@@ -271,3 +271,34 @@ def test_cli(tmp_path, capsys):
                                        f"it holds ['qpos'].\n")
     assert main([*args, "--overwrite", "--fps", "-1"]) == 2
     assert "fps is -1.0" in capsys.readouterr().err
+
+
+def test_rodent_tracks_imported_motion(tmp_path, rodent_clips):
+    """The rodent's path: a built-in clip's qpos (T, 74) imported as reference-only motion is
+    tracked by the env; zero action runs on it through evaluate, with the expert skipped."""
+    from ncssm_env.gym_env import TrackEnv
+    from ncssm_policies.rollout import evaluate
+
+    with ClipStore(rodent_clips) as store:
+        np.savez(tmp_path / "motion.npz", qpos=store.read(0, "qpos")[:40])
+    import_qpos(tmp_path / "motion.npz", tmp_path / "clips", body="rodent")
+    env = TrackEnv(body="rodent", clip_dir=tmp_path / "clips", task={"reset_noise": 0})
+    obs, _ = env.reset(seed=0, options={"clip": 0, "start": 5})
+    assert not env.has_ctrl and obs.shape == (786,) and np.isfinite(obs).all()
+    obs, rew, terminated, _, info = env.step(np.zeros(env.model.nu, np.float32))
+    assert np.isfinite(obs).all() and rew > 0 and not terminated
+    res = evaluate("zero", num_envs=2, episodes=2, clip_dir=tmp_path / "clips", body="rodent",
+                   max_steps=10)
+    assert res.summary["episodes"] == 2 and "expert baseline skipped" not in str(res.summary)
+
+
+@pytest.mark.skipif(not STAC.exists(), reason=f"{STAC} is not here")
+def test_zero_action_on_the_stac_fit(tmp_path):
+    """The README's example: the shared STAC fit, imported at 25 -> 50 Hz, tracked by zero
+    action in the rodent on the CPU."""
+    from ncssm_policies.rollout import evaluate
+
+    import_qpos(STAC, tmp_path / "stac", body="rodent", fps=25, names_key="names_qpos")
+    res = evaluate("zero", num_envs=2, episodes=2, clip_dir=tmp_path / "stac", body="rodent")
+    assert res.summary["episodes"] == 2 and set(res.episodes["clip"]) == {0}
+    assert np.isfinite(res.episodes["err_joints"]).all()

@@ -28,6 +28,10 @@ def sa_run(test_clips, tmp_path_factory):
     return tiny_run(test_clips, tmp_path_factory.mktemp("sa"), "state_action")
 
 
+def sa_run_clips(run_dir):
+    return load_policy(run_dir).config.clip_dir
+
+
 def check_result(res, episodes, record=False):
     eps = res.episodes
     assert len(eps["length"]) == episodes and (eps["length"] >= 1).all()
@@ -77,6 +81,17 @@ def test_evaluate_mjx_in_one_scan(sa_run, jax_cache, impl, solver):
     check_result(res, 6, record=True)
     assert res.summary["backend"] == "mjx" and res.summary["impl"] == impl
     assert {k: res.summary[k] for k in solver} == solver
+    # The baselines ran the policy's episodes in the same scan; the plan is the CPU's too.
+    for b in res.baselines.values():
+        for k in ("episode", "clip", "start"):
+            np.testing.assert_array_equal(b.episodes[k], res.episodes[k])
+    if impl == "jax":
+        cpu = evaluate("zero", num_envs=2, episodes=6, seed=3, clip_dir=sa_run_clips(sa_run),
+                       clips=[0, 1, 2], baselines=())
+        mjx_zero = res.baselines["zero"].episodes
+        for k in ("clip", "start", "length"):
+            np.testing.assert_array_equal(cpu.episodes[k], mjx_zero[k])
+        np.testing.assert_allclose(cpu.episodes["err_joints"], mjx_zero["err_joints"], atol=1e-3)
 
 
 def test_nan_actions_end_their_episodes(sa_run):
