@@ -210,18 +210,21 @@ def policy_rate(args, env, n: int, keys) -> None:
     import jax
     import jax.numpy as jnp
 
-    from ncssm_policies.rollout import policy_env_scan
+    from ncssm_policies.rollout import EpisodePlan, mjx_actor, policy_env_scan
 
     pol = quickstart_policy(env)
-    chunk = policy_env_scan(pol, env, jnp.zeros((1, 1), jnp.int32), args.steps)
+    act, init = mjx_actor(pol, env, n)
+    plan = EpisodePlan.draw(np.asarray(env.lengths), n, env.mj_model.nq - 7,
+                            env.cfg.reset_noise, 0)
+    chunk = policy_env_scan(env, act, plan, n, args.steps)
     state = jax.jit(jax.vmap(env.reset))(keys)
-    carry = pol.model.initialize_carry(n)
 
-    def run(state, carry, fresh):
-        return chunk(state, carry, fresh)[1]["reward"]
+    def run(state, carry, fresh, k):
+        return chunk(state, carry, fresh, k)[1]["reward"]
 
-    compile_s, first_s, sps, _ = timed_scan(run, (state, carry, jnp.ones(n, bool)), n,
-                                            args.steps, args.repeats)
+    compile_s, first_s, sps, _ = timed_scan(
+        run, (state, init(), jnp.ones(n, bool), jnp.zeros(n, jnp.int32)), n, args.steps,
+        args.repeats)
     print(f"  policy + env: compile {compile_s:6.1f} s, first run {first_s:6.1f} s, "
           f"{sps:10.0f} control steps/s (quickstart S5, {pol.config.n_layers} layers, "
           f"d_model {pol.config.d_model}, in the same scan as evaluate's)", flush=True)

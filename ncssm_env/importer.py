@@ -182,9 +182,29 @@ def _check(model: mujoco.MjModel, q: np.ndarray, where: str, key: str, margin: f
                         f"beyond its range [{lo[k]:.6g}, {hi[k]:.6g}] by more than {margin} {unit}.")
 
 
+def floor_distance(model: mujoco.MjModel, qpos: np.ndarray) -> float:
+    """The smallest signed distance (m; negative: inside) between the floor plane and any
+    body geom that collides with it, over the frames of ``qpos`` (T, nq)."""
+    data = mujoco.MjData(model)
+    planes = np.flatnonzero(model.geom_type == mujoco.mjtGeom.mjGEOM_PLANE)
+    if planes.size == 0:
+        raise ClipError("z_offset 'floor' needs a floor, and the body's model has no plane geom.")
+    floor = int(planes[0])
+    hits = [g for g in range(model.ngeom) if g != floor and (
+        model.geom_contype[g] & model.geom_conaffinity[floor]
+        or model.geom_conaffinity[g] & model.geom_contype[floor])]
+    best = np.inf
+    for t in range(len(qpos)):
+        data.qpos[:] = qpos[t]
+        mujoco.mj_kinematics(model, data)
+        best = min(best, *(mujoco.mj_geomDistance(model, data, floor, g, 1.0, None) for g in hits))
+    return float(best)
+
+
 def import_qpos(path, out_dir, *, body: str = "rodent", key: str = "qpos", fps: float = 50.0,
                 names_key: str | None = None, K: int = 5, range_margin: float = 0.1,
-                control_dt: float = 0.02, overwrite: bool = False) -> list[Path]:
+                control_dt: float = 0.02, overwrite: bool = False,
+                z_offset: float | str = 0.0) -> list[Path]:
     """Write each qpos clip in ``path`` as a reference-only ``clip_<i>.h5`` in ``out_dir``.
 
     ``path[key]`` is (T, width) or (n_clips, T, width) at ``fps``; in an .h5 file, it may
@@ -194,7 +214,11 @@ def import_qpos(path, out_dir, *, body: str = "rodent", key: str = "qpos", fps: 
     keep their order). Every clip is checked, resampled to 1/``control_dt`` Hz and must keep at
     least K+2 frames before anything is written. Each clip file holds ``qpos`` (T', nq) and
     ``qvel`` (T', nv) (finite differences). ``overwrite`` replaces clip files already in
-    ``out_dir`` (removing any beyond the new ones). Returns the clip paths, in clip order.
+    ``out_dir`` (removing any beyond the new ones). ``z_offset`` lifts the root by that many
+    metres, or with ``"floor"`` by what puts the lowest paw of each clip's deepest frame just
+    on the floor (a fit made against another floor height sinks the body into ours, or floats
+    it; paws, because an unfitted tail may hang through any floor). Returns the clip paths, in
+    clip order.
     """
     path, out_dir = Path(path), Path(out_dir)
     for name, value, zero_ok in (("fps", fps, False), ("control_dt", control_dt, False),
@@ -233,6 +257,12 @@ def import_qpos(path, out_dir, *, body: str = "rodent", key: str = "qpos", fps: 
         if len(q) < K + 2:
             raise ClipError(f"In {where}, {key!r} has {len(data)} frames at {fps:g} fps, {len(q)} at "
                             f"{1 / control_dt:g} Hz, fewer than the K+2 = {K + 2} the env needs.")
+        if isinstance(z_offset, str) and z_offset == "floor":
+            q[:, 2] -= floor_distance(build_model(body, contacts="paws"), q)
+        elif isinstance(z_offset, numbers.Real) and math.isfinite(z_offset):
+            q[:, 2] += z_offset
+        else:
+            raise ClipError(f"z_offset is {z_offset!r} for {path}, expected metres or 'floor'.")
         clips.append((label, q, finite_difference_qvel(model, q, control_dt)))
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []

@@ -45,6 +45,10 @@ def main(argv: list[str] | None = None) -> int:
     imp.add_argument("--body", default="rodent")
     imp.add_argument("--out", required=True, help="folder for clip_<i>.h5")
     imp.add_argument("--overwrite", action="store_true", help="replace clip files in --out")
+    imp.add_argument("--z-offset", default="0", metavar="METRES|floor",
+                     help="lift the root by this much, or 'floor': so the lowest paw of each "
+                          "clip's deepest frame just touches the floor (for fits made against "
+                          "another floor height)")
     args = parser.parse_args(argv)
     if args.command == "segment":
         return _segment(args)
@@ -64,13 +68,23 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _z_offset(text: str):
+    if text == "floor":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        return text  # import_qpos refuses it in one sentence
+
+
 def _import(args) -> int:
     from ncssm_data.clips import ClipStore
     from ncssm_env.importer import import_qpos
 
     try:
         paths = import_qpos(args.qpos, args.out, body=args.body, key=args.key, fps=args.fps,
-                            names_key=args.names, overwrite=args.overwrite)
+                            names_key=args.names, overwrite=args.overwrite,
+                            z_offset=_z_offset(args.z_offset))
         with ClipStore(args.out) as store:
             lengths, rate = store.lengths, 1 / store.control_dt
     except (ValueError, OSError) as err:  # ClipError is a ValueError

@@ -687,6 +687,21 @@ def policy_env_scan(env, act, plan: EpisodePlan, N: int, length: int, record: bo
     return chunk
 
 
+def mjx_actor(pol, env, N: int, groups=("policy",), syllables=None):
+    """``(act, init_carry)`` for :func:`policy_env_scan` on the MJX env ``env``: ``groups``
+    (``"policy"``, ``"zero"``, ``"expert"``) of ``N`` envs each; ``syllables`` (n_clips, T)
+    int32, None for zeros."""
+    import jax.numpy as jnp
+
+    mode = get_mode(pol.config.mmode) if pol is not None else None
+    setup = _Setup(pol, mode, pol.path if pol is not None else None, list(groups), N,
+                   np.zeros(N, int), N, 0, None, False, False, None, {})
+    lo, hi = env.mj_model.actuator_ctrlrange.T.astype(np.float32)
+    syl = jnp.zeros((len(env.clip_ids), 1), jnp.int32) if syllables is None else syllables
+    return setup.actors(env.obs_layout, env.observation_size, env.action_size, env.body, lo, hi,
+                        syl, env.ctrl.astype(jnp.float32))
+
+
 def _run_mjx(setup: _Setup, store, body, clip_dir, clips):
     import jax
     import jax.numpy as jnp
@@ -912,7 +927,9 @@ def main(argv=None) -> int:
         print(f"ncssm-rollout: error: {err}", file=sys.stderr)
         return 2
     n = res.summary.get("episodes", res.summary.get("windows"))
-    print(f"ncssm-rollout: {res.summary.get('checkpoint', cfg.checkpoint)} ({cfg.which}), {n} "
+    what = f"{res.summary.get('checkpoint')} ({cfg.which})" if res.summary.get("checkpoint") \
+        else f"{cfg.checkpoint} baseline"
+    print(f"ncssm-rollout: {what}, {n} "
           f"{'episodes' if 'episodes' in res.summary else 'windows'} on {cfg.backend} in "
           f"{res.summary['evaluate_s']:.0f} s (outputs {res.summary['outputs_s']:.0f} s)")
     print(metrics_table(res))

@@ -298,7 +298,33 @@ def test_zero_action_on_the_stac_fit(tmp_path):
     action in the rodent on the CPU."""
     from ncssm_policies.rollout import evaluate
 
-    import_qpos(STAC, tmp_path / "stac", body="rodent", fps=25, names_key="names_qpos")
+    import_qpos(STAC, tmp_path / "stac", body="rodent", fps=25, names_key="names_qpos",
+                z_offset="floor")
     res = evaluate("zero", num_envs=2, episodes=2, clip_dir=tmp_path / "stac", body="rodent")
     assert res.summary["episodes"] == 2 and set(res.episodes["clip"]) == {0}
     assert np.isfinite(res.episodes["err_joints"]).all()
+    # Lifted onto our floor, the body stands: zero action keeps it up to the clip's end.
+    assert res.summary["survival"] == 1.0
+
+
+def test_z_offset_lifts_the_motion_onto_the_floor(tmp_path, test_model):
+    """``z_offset="floor"``: motion fitted against a floor 5 cm lower, sunk into ours, comes
+    out with its lowest paw exactly on the floor at its deepest frame; a number adds to z."""
+    from ncssm_env.importer import floor_distance
+
+    q = _trajectory(T=30)
+    np.savez(tmp_path / "sunk.npz", qpos=q - np.r_[0, 0, 0.05, np.zeros(q.shape[1] - 3)])
+    paws = build_model("test", contacts="paws")
+    assert floor_distance(paws, q) - floor_distance(paws, np.load(tmp_path / "sunk.npz")["qpos"]) \
+        == pytest.approx(0.05, abs=1e-9)
+    import_qpos(tmp_path / "sunk.npz", tmp_path / "floor", body="test", fps=25, z_offset="floor")
+    import_qpos(tmp_path / "sunk.npz", tmp_path / "up", body="test", fps=25, z_offset=0.05)
+    with ClipStore(tmp_path / "floor") as a, ClipStore(tmp_path / "up") as b:
+        assert floor_distance(paws, a.read(0, "qpos")) == pytest.approx(0, abs=1e-9)
+        lifted = b.read(0, "qpos")[::2]  # 25 -> 50 Hz; quaternions may flip sign
+        np.testing.assert_allclose(np.delete(lifted, np.s_[3:7], 1), np.delete(q, np.s_[3:7], 1),
+                                   atol=1e-9)
+    with pytest.raises(ClipError, match="z_offset is 'sky'"):
+        import_qpos(tmp_path / "sunk.npz", tmp_path / "bad", body="test", fps=25, z_offset="sky")
+    assert main(["import", "--qpos", str(tmp_path / "sunk.npz"), "--body", "test", "--fps", "25",
+                 "--out", str(tmp_path / "cli"), "--z-offset", "floor"]) == 0
