@@ -54,6 +54,15 @@ def pose_features(qpos_local, qvel_local, torso_height, torso_up) -> np.ndarray:
     return np.concatenate([q, h, up, np.abs(qd)], axis=1)
 
 
+def pose_columns(layout: Mapping[str, tuple[int, int]]) -> tuple[np.ndarray, dict]:
+    """``(cols, pose_layout)``: the observation columns of :data:`POSE_PARTS` (what a rollout
+    keeps of each observation), and the layout naming them within ``obs[:, cols]``."""
+    cols = [np.arange(*obs_slice(layout, name).indices(10**9)[:2]) for name in POSE_PARTS]
+    stops = np.cumsum([len(c) for c in cols])
+    return np.concatenate(cols), {n: (int(b - len(c)), int(b))
+                                  for n, c, b in zip(POSE_PARTS, cols, stops)}
+
+
 def features_from_obs(obs, layout: Mapping[str, tuple[int, int]]) -> np.ndarray:
     """:func:`pose_features` of observations ``obs (T, D_obs)`` named by ``layout``."""
     obs = np.asarray(obs)

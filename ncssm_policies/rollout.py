@@ -41,6 +41,7 @@ import numpy as np
 from ncssm_data.errors import check_count
 from ncssm_data.modes import SYLLABLES, Mode, get_mode
 from ncssm_policies.build import held_out_clips, resolve_clip_dir
+from ncssm_policies.behaviour import pose_columns
 from ncssm_policies.openloop import EvalResult, score_open_loop
 
 BACKENDS = ("cpu", "mjx", "auto")
@@ -308,15 +309,6 @@ def _syllable_table(store, mode: Mode | None, clip_ids, lengths, syllable_key: s
     return np.stack(rows)
 
 
-def pose_columns(layout: dict) -> np.ndarray:
-    """Observation columns of the pose features (:mod:`ncssm_policies.behaviour`), in order:
-    ``qpos_local``, ``qvel_local``, ``torso_height``, ``torso_up``."""
-    return np.concatenate([np.arange(*layout[k]) for k in POSE_PARTS])
-
-
-POSE_PARTS = ("qpos_local", "qvel_local", "torso_height", "torso_up")
-
-
 @dataclass
 class _Setup:
     """What one closed-loop evaluation runs: the ``groups`` (``"policy"`` and baseline names)
@@ -536,11 +528,10 @@ def behaviour_scores(res: EvalResult, zero: EvalResult | None, pol, store_dir, c
                                           env.clip(int(i)).qvel) for i in ids]
 
         held_f, train_f = clip_features(held), clip_features(train)
-        widths = [b - a for a, b in (layout[k] for k in POSE_PARTS)]
-        cuts = np.cumsum(widths)[:-1]
+        _, pose_layout = bh.pose_columns(layout)
 
         def rollout_features(poses):
-            return [bh.pose_features(*np.split(p, cuts, axis=1)) for p in poses]
+            return [bh.features_from_obs(p, pose_layout) for p in poses]
 
         pol_f = rollout_features(res.poses)
         zero_f = rollout_features(zero.poses) if zero is not None else None
@@ -557,7 +548,7 @@ def behaviour_scores(res: EvalResult, zero: EvalResult | None, pol, store_dir, c
             return bh.frechet_distance(x, ref) if len(x) >= 2 and len(ref) >= 2 else float("nan")
 
         lo, hi = env.healthy_z
-        nj = widths[0]
+        nj = pose_layout["qpos_local"][1]
 
         def falls(feats):
             return bh.falls_per_minute([f[:, nj] for f in feats], [f[:, nj + 3] for f in feats],
@@ -607,7 +598,7 @@ def _run_cpu(setup: _Setup, store, body, clip_dir, clips):
         act = jax.jit(act)
         plan = EpisodePlan.draw(env.lengths, setup.episodes, env.model.nq - 7,
                                 env.cfg.reset_noise, setup.seed)
-        cols = pose_columns(env.obs_layout) if setup.pose else None
+        cols = pose_columns(env.obs_layout)[0] if setup.pose else None
         eps = setup.episodes_of(env.clip_ids, env.lengths)
         member = np.tile(np.arange(N), G)  # each env's index in its group
         k = np.zeros(M, np.int64)  # episodes each env has started
@@ -720,7 +711,7 @@ def _run_mjx(setup: _Setup, store, body, clip_dir, clips):
                              syl, env.ctrl.astype(jnp.float32))
     plan = EpisodePlan.draw(lengths, setup.episodes, env.mj_model.nq - 7, env.cfg.reset_noise,
                             setup.seed)
-    cols = jnp.asarray(pose_columns(env.obs_layout)) if setup.pose else None
+    cols = jnp.asarray(pose_columns(env.obs_layout)[0]) if setup.pose else None
     chunk = jax.jit(policy_env_scan(env, act, plan, N, MJX_CHUNK, setup.record, cols))
     eps = setup.episodes_of(env.clip_ids, lengths)
     j = plan.index(np.tile(np.arange(N), G), np.zeros(M, np.int64), N)

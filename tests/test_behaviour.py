@@ -228,14 +228,15 @@ def test_behaviour_scores_of_the_held_out_clips_themselves(tmp_path_factory):
     from ncssm_env.synthetic import generate
     from ncssm_policies import arhmm
     from ncssm_policies.openloop import EvalResult
-    from ncssm_policies.rollout import behaviour_scores, pose_columns
+    from ncssm_policies.behaviour import pose_columns
+    from ncssm_policies.rollout import behaviour_scores
 
     root = tmp_path_factory.mktemp("long_test_clips")
     generate(root, body="test", n_clips=5, n_frames=160, seed=3, progress=False)
     held = [3, 4]
     with ClipStore(root) as store:
         layout = store.obs_layout
-        cols = pose_columns(layout)
+        cols, _ = pose_columns(layout)
         poses = [store.read(i, "obs")[:, cols] for i in held]
         q = [store.obs(i, "qpos_local") for i in range(3)]
     feats = arhmm.Features.fit("qpos_local", q, None)
