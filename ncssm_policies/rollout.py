@@ -432,6 +432,7 @@ def evaluate(policy, num_envs: int = 4, episodes: int = 8, backend: str = "cpu",
                          f"(reference-only), so there is nothing to replay")
         if behaviour is None:
             behaviour = mode is not None and autonomous(mode)
+        segmenter = _load_arhmm(arhmm) if behaviour and arhmm is not None else None
         bar = None
         if progress:
             from tqdm.auto import tqdm
@@ -465,7 +466,7 @@ def evaluate(policy, num_envs: int = 4, episodes: int = 8, backend: str = "cpu",
     if behaviour:
         res.summary["behaviour"] = behaviour_scores(
             res, base.get("zero"), pol, store_dir=clip_dir, clips=clips, body=body, layout=layout,
-            arhmm=arhmm, notes=notes)
+            arhmm=segmenter, notes=notes)
     if notes:
         res.summary["notes"] = notes
     res.summary.update(extra)
@@ -492,8 +493,19 @@ def scores(summary: dict, zero: dict, expert: dict) -> dict:
     return out
 
 
+def _load_arhmm(path):
+    """The AR-HMM saved at ``path``, refused unless it reads the pose (``qpos_local``)."""
+    from ncssm_policies.arhmm import ARHMM
+
+    model = ARHMM.load(path)
+    if model.features.name != "qpos_local":
+        raise ValueError(f"The AR-HMM in {path} was fitted on feature {model.features.name!r}; "
+                         f"rollouts give only the pose, so fit it on 'qpos_local'.")
+    return model
+
+
 def behaviour_scores(res: EvalResult, zero: EvalResult | None, pol, store_dir, clips, body: str,
-                     layout: dict, arhmm: str | None = None, notes: list | None = None) -> dict:
+                     layout: dict, arhmm=None, notes: list | None = None) -> dict:
     """Does the policy's motion look like the held-out clips? (:mod:`ncssm_policies.behaviour`
     says exactly how each score is computed.)
 
@@ -505,7 +517,7 @@ def behaviour_scores(res: EvalResult, zero: EvalResult | None, pol, store_dir, c
       against them.
     - ``falls_per_min`` of the policy, of zero action (``falls_per_min_zero``) and of the
       held-out clips (``falls_per_min_clips``).
-    - With ``arhmm`` (a model saved by ``ncssm-data segment``): ``syllable_jsd``, the
+    - With ``arhmm`` (a model saved by ``ncssm-data segment``, or its path): ``syllable_jsd``, the
       Jensen-Shannon divergence (bits) of syllable usage in the policy's episodes against the
       held-out clips, and ``syllable_jsd_zero``.
     """
@@ -560,17 +572,11 @@ def behaviour_scores(res: EvalResult, zero: EvalResult | None, pol, store_dir, c
         if zero_f is not None:
             out.update(frechet_ceiling=frechet(zero_f), falls_per_min_zero=falls(zero_f))
         if arhmm is not None:
-            from ncssm_policies.arhmm import ARHMM
-
-            model = ARHMM.load(arhmm)
-            name = model.features.name
-            if name != "qpos_local":
-                raise ValueError(f"The AR-HMM in {arhmm} was fitted on feature {name!r}; "
-                                 f"rollouts give only the pose, so fit it on 'qpos_local'.")
+            model = _load_arhmm(arhmm) if isinstance(arhmm, (str, Path)) else arhmm
             K = model.hyper["num_states"]
 
             def usage(feats):
-                return model.decode([model.features(f[:, :nj], str(arhmm)) for f in feats])
+                return model.decode([model.features(f[:, :nj], "the rollouts") for f in feats])
 
             held_l = usage(held_f)
             out["syllable_jsd"] = bh.usage_jsd(usage(pol_f), held_l, K)

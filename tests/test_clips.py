@@ -413,3 +413,23 @@ def test_no_heavy_imports() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=Path(__file__).resolve().parents[1])
     assert out.stdout.strip() == "[]"
+
+
+def test_reference_only_clips(tmp_path: Path) -> None:
+    """qpos without obs or ctrl is a reference-only clip: written, read, no layout. Without
+    qpos, obs and ctrl stay required; a layout without obs is refused."""
+    qpos = np.random.default_rng(0).normal(size=(12, 11))
+    write_clip(tmp_path / "clip_0.h5", {"qpos": qpos}, obs_layout=None, body="test",
+               control_dt=0.02, generator="test")
+    with ClipStore(tmp_path) as store:
+        assert store.keys == {"qpos"} and store.obs_layout == {} and store.lengths.tolist() == [12]
+        np.testing.assert_array_equal(store.read(0, "qpos"), qpos)
+        with pytest.raises(ClipError, match="hold no dataset 'obs' .*'qpos_local'"):
+            store.obs(0, "qpos_local")
+    with pytest.raises(ClipError, match="obs_layout is given but there is no dataset 'obs'"):
+        write_clip(tmp_path / "clip_1.h5", {"qpos": qpos}, obs_layout={"a": (0, 1)}, body="test",
+                   control_dt=0.02, generator="test")
+    with pytest.raises(ClipError, match="required dataset 'obs' is missing .*reference-only"):
+        write_clip(tmp_path / "clip_1.h5", {"ctrl": qpos[:, :4]}, obs_layout=None, body="test",
+                   control_dt=0.02, generator="test")
+    assert not (tmp_path / "clip_1.h5").exists()

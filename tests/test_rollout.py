@@ -303,6 +303,19 @@ def test_reference_only_clips_are_tracked(test_clips, tmp_path, jax_cache):
             ClipDataset(ref, batch_size=1, seg_len=10, mmode=mode)
 
 
+def test_evaluate_refuses_unknown_baselines_and_arhmm_features(sa_run, tmp_path):
+    with pytest.raises(ValueError, match="Unknown baseline 'random'; expected some of"):
+        evaluate(sa_run, baselines=("zero", "random"))
+    from ncssm_policies import arhmm
+
+    x = [np.random.default_rng(0).normal(size=(60, 2))]
+    feats = arhmm.Features.fit("latent_mean", x, None)
+    path = arhmm.fit(feats, x, num_states=2, kappa=1.0, num_lags=1, num_iters=1,
+                     seed=0).save(tmp_path / "latent.npz")
+    with pytest.raises(ValueError, match="fitted on feature 'latent_mean'; rollouts give only"):
+        evaluate(sa_run, num_envs=1, episodes=1, behaviour=True, arhmm=str(path))
+
+
 def test_expert_is_skipped_with_a_note_on_reference_only_clips(sa_run, test_clips, tmp_path):
     from ncssm_data import ClipStore, write_clip
 

@@ -156,3 +156,25 @@ def test_mjx_settings_on_the_cpu_backend(test_clips):
         env = gym.make_vec("NCSSM-Track-v0", num_envs=2, body="test", clip_dir=test_clips,
                            backend="auto", impl="warp")
         assert isinstance(env, TrackVectorEnv)
+
+
+def test_reset_noise_option(test_clips):
+    """``options={"noise": ...}`` sets the start states' joint offsets (one row per env, or
+    one for all); a wrong shape is one sentence. The single env takes the same option."""
+    from ncssm_env.gym_env import TrackEnv
+
+    env = TrackVectorEnv(2, body="test", clip_dir=test_clips)
+    nj = env.model.nq - 7
+    noise = np.array([np.full(nj, 0.05), np.full(nj, -0.05)])
+    env.reset(seed=0, options={"clip": 0, "start": 3, "noise": noise})
+    ref = env.clips.qpos[env.slot, 3]
+    np.testing.assert_allclose(np.stack([d.qpos for d in env.datas])[:, 7:] - ref[:, 7:], noise,
+                               atol=1e-12)
+    with pytest.raises(ValueError, match=r"Reset option noise has shape \(3,\); expected"):
+        env.reset(options={"noise": np.zeros(3)})
+    env.close()
+    single = TrackEnv(body="test", clip_dir=test_clips)
+    single.reset(seed=0, options={"clip": 0, "start": 3, "noise": np.full(nj, 0.05)})
+    np.testing.assert_allclose(single.data.qpos[7:] - single.clip(0).qpos[3, 7:], 0.05, atol=1e-12)
+    with pytest.raises(ValueError, match="Reset option noise has shape"):
+        single.reset(options={"noise": np.zeros(nj + 1)})
