@@ -343,8 +343,9 @@ class _Setup:
         from ncssm_env import task as _task
 
         return [_Episodes(self.quota, clip_ids, lengths, _task.TERMINATIONS,
-                          self.record and g == 0, self.bar if g == 0 else None, self.pose)
-                for g in range(len(self.groups))]
+                          self.record and g == 0, self.bar if g == 0 else None,
+                          self.pose and (g == 0 or name == "zero"))  # (the poses scored)
+                for g, name in enumerate(self.groups)]
 
     def add(self, eps, steps: dict) -> None:
         N = self.N
