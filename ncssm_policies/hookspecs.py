@@ -79,6 +79,22 @@ class PolicySpec:
     description: str = ""
 
 
+@dataclass(frozen=True)
+class ExpertSpec:
+    """One expert a plugin offers: controls that track a reference from any state.
+
+    ``make(model: mujoco.MjModel, **options) -> expert``, where
+    ``expert(xp, qpos (N, nq), qvel (N, nv), ref_qpos (N, W, nq), ref_ctrl (N, nu), t (N,))``
+    returns controls (N, nu) for N envs, written once for ``xp`` numpy and jax.numpy; the
+    arguments are those of :mod:`ncssm_env.expert` (the reference frames ahead, the first
+    being the one to reach, and the clip's recorded control that reached it).
+    """
+
+    name: str
+    make: Callable[..., Any]
+    description: str = ""
+
+
 class NcssmSpec:
     """The ncssm hook specifications (a plugin implements them as plain module-level functions)."""
 
@@ -90,3 +106,9 @@ class NcssmSpec:
         offering the same name is an error naming both (disable one to resolve it).
         """
         ...  # a specification: pluggy never calls this body; plugins implement the hook
+
+    @hookspec
+    def ncssm_register_experts(self) -> list[ExpertSpec]:
+        """Return the experts this plugin offers, as a list of :class:`ExpertSpec`. Names are
+        global, like policy names."""
+        ...  # a specification

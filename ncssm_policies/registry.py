@@ -29,13 +29,14 @@ from typing import Any
 import pluggy
 
 from ncssm_policies import hookspecs
-from ncssm_policies.hookspecs import API_VERSION, PROJECT, PolicySpec
+from ncssm_policies.hookspecs import API_VERSION, PROJECT, ExpertSpec, PolicySpec
 
 log = logging.getLogger(__name__)
 
 GROUP = "ncssm"
 DISABLE_ENV = "NCSSM_DISABLE_PLUGINS"
 _HOOK = "ncssm_register_policies"
+_EXPERT_HOOK = "ncssm_register_experts"
 
 
 class PluginError(Exception):
@@ -67,6 +68,7 @@ class Registry:
     """The loaded plugins: what they offer, which are broken (and why), which were disabled."""
 
     policies: dict[str, Registered] = field(default_factory=dict)
+    experts: dict[str, Registered] = field(default_factory=dict)
     broken: dict[str, str] = field(default_factory=dict)  # "dist (entry point)" -> one sentence
     disabled: list[str] = field(default_factory=list)  # "dist (entry point)"
     tracebacks: dict[str, str] = field(default_factory=dict, repr=False)  # origin -> traceback
@@ -95,6 +97,14 @@ class Registry:
         if self.disabled:
             msg += f"; disabled: {', '.join(self.disabled)}"
         raise UnknownPolicyError(msg + ".")
+
+    def get_expert(self, name: str) -> ExpertSpec:
+        """The expert called ``name``; an :class:`UnknownPolicyError` naming the known ones
+        otherwise."""
+        if name in self.experts:
+            return self.experts[name].spec
+        raise UnknownPolicyError(f"no expert named {name!r}; known experts: "
+                                 f"{', '.join(sorted(self.experts)) or 'none'}.")
 
 
 def load_registry(disable: Iterable[str] = (), group: str = GROUP) -> Registry:
@@ -126,6 +136,7 @@ def load_registry(disable: Iterable[str] = (), group: str = GROUP) -> Registry:
         try:
             plugin = _load_one(pm, ep, spec_names)
             specs = _call_one(pm, plugin)
+            expert_specs = _call_one(pm, plugin, _EXPERT_HOOK, ExpertSpec)
         except _Broken as err:
             reg.broken[origin] = err.sentence
             reg.tracebacks[origin] = err.tb
@@ -140,6 +151,14 @@ def load_registry(disable: Iterable[str] = (), group: str = GROUP) -> Registry:
                     f"uninstall or disable one of them ({DISABLE_ENV}={other.entry_point} or "
                     f"{DISABLE_ENV}={ep.name}).")
             reg.policies[spec.name] = Registered(spec, dist, ep.name)
+        for spec in expert_specs:
+            other = reg.experts.get(spec.name)
+            if other is not None:
+                raise PluginError(
+                    f"expert {spec.name!r} is offered by two plugins, {other.origin} and {origin}; "
+                    f"uninstall or disable one of them ({DISABLE_ENV}={other.entry_point} or "
+                    f"{DISABLE_ENV}={ep.name}).")
+            reg.experts[spec.name] = Registered(spec, dist, ep.name)
 
     unmatched = wanted_off - matched_off
     if unmatched:
@@ -212,8 +231,10 @@ def _load_one(pm: pluggy.PluginManager, ep: importlib.metadata.EntryPoint,
     return plugin
 
 
-def _call_one(pm: pluggy.PluginManager, plugin: Any) -> list[PolicySpec]:
-    """Call ``ncssm_register_policies`` of this plugin alone and check what it returns."""
+def _call_one(pm: pluggy.PluginManager, plugin: Any, _HOOK: str = _HOOK,
+              kind: type = PolicySpec) -> list:
+    """Call hook ``_HOOK`` (``ncssm_register_policies``, or ``ncssm_register_experts`` with
+    ``kind`` ExpertSpec) of this plugin alone and check what it returns."""
     others = [p for p in pm.get_plugins() if p is not plugin]
     caller = pm.subset_hook_caller(_HOOK, remove_plugins=others)
     if not caller.get_hookimpls():
@@ -226,11 +247,11 @@ def _call_one(pm: pluggy.PluginManager, plugin: Any) -> list[PolicySpec]:
     try:
         specs: list[PolicySpec] = []
         for result in results:  # one result per hookimpl of this plugin (normally one)
-            specs.extend(_check_specs(result))
+            specs.extend(_check_specs(result, _HOOK, kind))
         seen: set[str] = set()
         for spec in specs:
             if spec.name in seen:
-                raise _Broken(f"{_HOOK}() returned the policy name {spec.name!r} twice")
+                raise _Broken(f"{_HOOK}() returned the {_what(kind)} name {spec.name!r} twice")
             seen.add(spec.name)
     except _Broken:
         pm.unregister(plugin)
@@ -238,21 +259,27 @@ def _call_one(pm: pluggy.PluginManager, plugin: Any) -> list[PolicySpec]:
     return specs
 
 
-def _check_specs(result: Any) -> list[PolicySpec]:
+def _what(kind: type) -> str:
+    return "policy" if kind is PolicySpec else "expert"
+
+
+def _check_specs(result: Any, _HOOK: str = _HOOK, kind: type = PolicySpec) -> list:
+    name = kind.__name__
+    signature = "make(out_dim, **hparams)" if kind is PolicySpec else "make(model, **options)"
     if not isinstance(result, list):
-        raise _Broken(f"{_HOOK}() returned {_kind(result)}, expected a list of PolicySpec")
+        raise _Broken(f"{_HOOK}() returned {_kind(result)}, expected a list of {name}")
     for i, item in enumerate(result):
-        if not isinstance(item, PolicySpec):
+        if not isinstance(item, kind):
             raise _Broken(f"{_HOOK}() returned {_kind(item)} at index {i}, expected a "
-                          f"PolicySpec (from ncssm_policies.hookspecs)")
+                          f"{name} (from ncssm_policies.hookspecs)")
         if not isinstance(item.name, str) or not item.name.strip():
-            raise _Broken(f"{_HOOK}() returned a PolicySpec at index {i} whose name is "
+            raise _Broken(f"{_HOOK}() returned a {name} at index {i} whose name is "
                           f"{item.name!r}, expected a non-empty string")
         if not callable(item.make):
-            raise _Broken(f"{_HOOK}() returned PolicySpec {item.name!r} whose make is "
-                          f"{_kind(item.make)}, expected a callable make(out_dim, **hparams)")
+            raise _Broken(f"{_HOOK}() returned {name} {item.name!r} whose make is "
+                          f"{_kind(item.make)}, expected a callable {signature}")
         if not isinstance(item.description, str):
-            raise _Broken(f"{_HOOK}() returned PolicySpec {item.name!r} whose description is "
+            raise _Broken(f"{_HOOK}() returned {name} {item.name!r} whose description is "
                           f"{_kind(item.description)}, expected a string")
     return result
 

@@ -168,20 +168,25 @@ class EpisodePlan:
         return (j < len(self.slot)) * j + (j >= len(self.slot)) * (env % len(self.slot))
 
 
-def _baseline_actor(kind: str, lo, hi, ctrl):
-    """``act(carry, fresh, obs (N, D_obs), slot (N,), t (N,)) -> (carry, action (N, nu))`` of a
-    baseline: ``zero`` (every control 0, clipped to the range) or ``expert`` (the clip's
-    recorded control ``ctrl[slot, t + 1]``, which moved the reference from frame t to t + 1;
-    ``ctrl`` (n_clips, T, nu))."""
+def _baseline_actor(kind, lo, hi, ctrl, qpos, lengths, window: int = 5):
+    """``act(carry, fresh, obs (N, D_obs), slot (N,), t (N,), qpos (N, nq), qvel (N, nv)) ->
+    (carry, action (N, nu))`` of a baseline: ``"zero"`` (every control 0, clipped to the
+    range) or an expert function (:mod:`ncssm_env.expert`), given the clips' reference frames
+    ``qpos`` (n_clips, T, nq) ahead of t (``window`` of them, held at each clip's end
+    ``lengths``) and ``ctrl[slot, t + 1]`` (``ctrl`` (n_clips, T, nu)), the recorded control
+    that moved the reference from frame t to t + 1."""
     import jax.numpy as jnp
 
-    ctrl = jnp.asarray(ctrl)
+    ctrl, ref, lengths = jnp.asarray(ctrl), jnp.asarray(qpos, jnp.float32), jnp.asarray(lengths)
 
-    def act(carry, fresh, obs, slot, t):
+    def act(carry, fresh, obs, slot, t, q, qd):
         if kind == "zero":
             a = jnp.zeros((obs.shape[0], len(lo)), jnp.float32)
         else:
-            a = ctrl[slot, jnp.minimum(t + 1, ctrl.shape[1] - 1)]
+            end = (lengths[slot] - 1)[:, None]
+            idx = jnp.minimum(t[:, None] + 1 + jnp.arange(window), end)
+            a = kind(jnp, q.astype(jnp.float32), qd.astype(jnp.float32), ref[slot[:, None], idx],
+                     ctrl[slot, jnp.minimum(t + 1, lengths[slot] - 1)], t)
         return carry, jnp.clip(a, lo, hi)
 
     return act, lambda n: ()
@@ -194,7 +199,7 @@ def _policy_actor(pol, parts, lo, hi, syllables):
     act = _act_fn(pol, parts, lo, hi)
     syllables = jnp.asarray(syllables)
 
-    def actor(carry, fresh, obs, slot, t):
+    def actor(carry, fresh, obs, slot, t, qpos, qvel):
         return act(carry, fresh, obs, syllables[slot, jnp.minimum(t, syllables.shape[1] - 1)])
 
     return actor, pol.model.initialize_carry
@@ -205,10 +210,10 @@ def _grouped(actors, N: int):
     acting with its own actor and carry: ``(act, init_carry)``."""
     import jax.numpy as jnp
 
-    def act(carry, fresh, obs, slot, t):
-        out = [actor(c, fresh[g * N:(g + 1) * N], obs[g * N:(g + 1) * N],
-                     slot[g * N:(g + 1) * N], t[g * N:(g + 1) * N])
-               for g, ((actor, _), c) in enumerate(zip(actors, carry))]
+    def act(carry, fresh, obs, slot, t, qpos, qvel):
+        g_ = [slice(g * N, (g + 1) * N) for g in range(len(actors))]
+        out = [actor(c, fresh[s], obs[s], slot[s], t[s], qpos[s], qvel[s])
+               for s, (actor, _), c in zip(g_, actors, carry)]
         return tuple(c for c, _ in out), jnp.concatenate([a for _, a in out])
 
     return act, lambda: tuple(init(N) for _, init in actors)
@@ -328,15 +333,22 @@ class _Setup:
     bar: object
     physics: dict
     syllable_key: str = SYLLABLES
+    experts: dict = dataclasses.field(default_factory=dict)  # group name -> ExpertSpec
+    action_noise: float = 0.0
 
-    def actors(self, layout, obs_size, nu, body, lo, hi, syllables, ctrl):
+    def actors(self, model, layout, obs_size, body, lo, hi, syllables, clips):
+        """The grouped actor; ``clips``: (ctrl (n_clips, T, nu), qpos (n_clips, T, nq),
+        lengths (n_clips,))."""
         out = []
         for g in self.groups:
             if g == "policy":
-                parts = _policy_parts(self.pol, self.mode, layout, obs_size, nu, body, self.where)
+                parts = _policy_parts(self.pol, self.mode, layout, obs_size, model.nu, body,
+                                      self.where)
                 out.append(_policy_actor(self.pol, parts, lo, hi, syllables))
+            elif g == "zero":
+                out.append(_baseline_actor("zero", lo, hi, *clips))
             else:
-                out.append(_baseline_actor(g, lo, hi, ctrl))
+                out.append(_baseline_actor(self.experts[g].make(model), lo, hi, *clips))
         return _grouped(out, self.N)
 
     def episodes_of(self, clip_ids, lengths):
@@ -360,7 +372,8 @@ def evaluate(policy, num_envs: int = 4, episodes: int = 8, backend: str = "cpu",
              progress: bool = False, context: int = 50, horizon: int = 50, impl: str = "auto",
              solver: str | None = None, iterations: int | None = None,
              ls_iterations: int | None = None, baselines=BASELINES,
-             behaviour: bool | None = None, arhmm: str | None = None) -> EvalResult:
+             behaviour: bool | None = None, arhmm: str | None = None, expert: str = "replay",
+             action_noise: float = 0.0) -> EvalResult:
     """Evaluate ``policy``: a run folder or its checkpoints (``which`` picks the checkpoint), a
     :class:`~ncssm_policies.checkpoint.LoadedPolicy`, or a baseline's name (``"zero"``,
     ``"expert"``: see below) to run it alone.
@@ -379,6 +392,13 @@ def evaluate(policy, num_envs: int = 4, episodes: int = 8, backend: str = "cpu",
     :func:`behaviour_scores` (``arhmm``: an AR-HMM model file for the syllable-usage
     divergence).
 
+    ``expert`` names the registered expert (:mod:`ncssm_env.expert`, or a plugin's) that the
+    ``expert`` baseline runs: ``replay`` by default. ``baselines`` may also name any other
+    registered expert, or hold :class:`~ncssm_policies.hookspecs.ExpertSpec` objects, to run
+    beside the policy on the same episodes; ``policy`` may be any of those names to run it
+    (with the rest of ``baselines``) without a policy. ``action_noise`` (CPU backend): the
+    standard deviation of Gaussian noise added to every executed control, then clipped.
+
     Open loop (the other modes): ``episodes`` windows of ``context`` true frames then
     ``horizon`` predicted ones (see :func:`ncssm_policies.openloop.score_open_loop`).
 
@@ -393,12 +413,16 @@ def evaluate(policy, num_envs: int = 4, episodes: int = 8, backend: str = "cpu",
 
     if backend not in BACKENDS:
         raise ValueError(f"Unknown backend {backend!r}; expected one of {list(BACKENDS)}.")
-    unknown = [b for b in baselines if b not in BASELINES]
-    if unknown:
-        raise ValueError(f"Unknown baseline {unknown[0]!r}; expected some of {list(BASELINES)}.")
+    experts = _experts(baselines, policy, expert)
+    if not (isinstance(action_noise, (int, float)) and 0 <= action_noise < np.inf):
+        raise ValueError(f"action_noise is {action_noise!r}, expected a standard deviation >= 0.")
+    if action_noise and backend != "cpu":
+        raise ValueError("action_noise is applied on the CPU backend only; use backend 'cpu'.")
+    baselines = [b.name if not isinstance(b, str) else b for b in baselines]
     num_envs, episodes = check_count("num_envs", num_envs), check_count("episodes", episodes)
-    if isinstance(policy, str) and policy in BASELINES:
-        pol, where, mode, groups = None, policy, None, [policy]
+    if isinstance(policy, str) and (policy == "zero" or policy in experts):
+        pol, where, mode = None, policy, None
+        groups = [policy, *(b for b in dict.fromkeys(baselines) if b != policy)]
         if clip_dir is None:
             from ncssm_env.synthetic import clips_or_builtin
 
@@ -424,8 +448,8 @@ def evaluate(policy, num_envs: int = 4, episodes: int = 8, backend: str = "cpu",
         body = body or store.body or "rodent"
         if store.body is not None and store.body != body:
             raise ValueError(f"The clips in {clip_dir} are for body {store.body!r}, not {body!r}.")
-        if "expert" in groups and not store.has("ctrl"):
-            if groups == ["expert"]:
+        if "expert" in groups and not store.has("ctrl") and experts["expert"].name == "replay":
+            if groups[0] == "expert":
                 raise ValueError(f"The expert baseline replays the clips' recorded controls, but "
                                  f"the clips in {clip_dir} hold no /ctrl.")
             groups.remove("expert")
@@ -444,7 +468,8 @@ def evaluate(policy, num_envs: int = 4, episodes: int = 8, backend: str = "cpu",
             physics["impl"] = impl
         setup = _Setup(pol, mode, where, groups, num_envs, quota, episodes, seed, max_steps,
                        record, bool(behaviour), bar, physics,
-                       pol.config.syllable_key if pol is not None else SYLLABLES)
+                       pol.config.syllable_key if pol is not None else SYLLABLES,
+                       experts, float(action_noise))
         try:
             run = _run_cpu if backend == "cpu" else _run_mjx
             results, layout = run(setup, store, body, clip_dir, clips)
@@ -472,6 +497,35 @@ def evaluate(policy, num_envs: int = 4, episodes: int = 8, backend: str = "cpu",
         res.summary["notes"] = notes
     res.summary.update(extra)
     return res
+
+
+def _experts(baselines, policy, expert: str) -> dict:
+    """Group name -> ExpertSpec for every expert among ``baselines`` and ``policy``; ``expert``
+    serves the ``"expert"`` baseline. Unknown names are one sentence listing the known ones."""
+    from ncssm_policies.hookspecs import ExpertSpec
+    from ncssm_policies.registry import UnknownPolicyError, registry
+
+    reg = registry()
+    out = {}
+    names = [*baselines, *([policy] if isinstance(policy, str) and not _is_path(policy) else [])]
+    for b in names:
+        if isinstance(b, ExpertSpec):
+            out[b.name] = b
+        elif b == "expert":
+            try:
+                out["expert"] = reg.get_expert(expert)
+            except UnknownPolicyError as err:
+                raise ValueError(f"Unknown expert {expert!r}: {err}") from None
+        elif b in reg.experts:
+            out[b] = reg.get_expert(b)
+        elif b != "zero" and b in baselines:
+            raise ValueError(f"Unknown baseline {b!r}; expected zero, expert or a registered "
+                             f"expert ({', '.join(sorted(reg.experts))}).")
+    return out
+
+
+def _is_path(text: str) -> bool:
+    return any(c in text for c in "/\\*") or Path(text).exists()
 
 
 def autonomous(mode: Mode) -> bool:
@@ -600,8 +654,10 @@ def _run_cpu(setup: _Setup, store, body, clip_dir, clips):
     try:
         lo, hi = env.single_action_space.low, env.single_action_space.high
         syl = _syllable_table(store, setup.mode, env.clip_ids, env.lengths, setup.syllable_key)
-        act, init = setup.actors(env.obs_layout, env.single_observation_space.shape[0],
-                                 env.model.nu, body, lo, hi, syl, env.clips.ctrl.astype(np.float32))
+        act, init = setup.actors(env.model, env.obs_layout, env.single_observation_space.shape[0],
+                                 body, lo, hi, syl, (env.clips.ctrl.astype(np.float32),
+                                                     env.clips.qpos, env.lengths))
+        noise = np.random.default_rng([setup.seed, 1])  # the action noise, if any
         act = jax.jit(act)
         plan = EpisodePlan.draw(env.lengths, setup.episodes, env.model.nq - 7,
                                 env.cfg.reset_noise, setup.seed)
@@ -620,10 +676,14 @@ def _run_cpu(setup: _Setup, store, body, clip_dir, clips):
         fresh = np.ones(M, bool)  # envs whose obs is the first of an episode
         while not all(e.full for e in eps):
             slot, t = env.slot.copy(), env.t.copy()
-            carry, action = act(carry, fresh, obs, slot, t)
+            qpos = np.stack([d.qpos.copy() for d in env.datas])
+            qvel = np.stack([d.qvel.copy() for d in env.datas])
+            carry, action = act(carry, fresh, obs, slot, t, qpos, qvel)
             action = np.asarray(action)
+            if setup.action_noise:
+                action = np.clip(action + setup.action_noise * noise.normal(size=action.shape),
+                                 lo, hi).astype(np.float32)
             before = obs
-            qpos = np.stack([d.qpos.copy() for d in env.datas]) if setup.record else None
             obs, rew, term, trunc, info = env.step(action)
             done = term | trunc
             step = step_record(np, slot, t, done, rew, info["metrics"])
@@ -666,7 +726,8 @@ def policy_env_scan(env, act, plan: EpisodePlan, N: int, length: int, record: bo
         def body_fn(c, _):
             state, carry, fresh, k = c
             slot, t = state.info["slot"], state.info["t"]
-            carry, a = act(carry, fresh, state.obs, slot, t)
+            carry, a = act(carry, fresh, state.obs, slot, t, state.pipeline_state.qpos,
+                           state.pipeline_state.qvel)
             nxt = advance(state, a)
             done = nxt.done > 0
             out = {**step_record(jnp, slot, t, done, nxt.reward, nxt.metrics),
@@ -693,11 +754,12 @@ def mjx_actor(pol, env, N: int, groups=("policy",), syllables=None):
 
     mode = get_mode(pol.config.mmode) if pol is not None else None
     setup = _Setup(pol, mode, pol.path if pol is not None else None, list(groups), N,
-                   np.zeros(N, int), N, 0, None, False, False, None, {})
+                   np.zeros(N, int), N, 0, None, False, False, None, {},
+                   experts=_experts([g for g in groups if g != "policy"], None, "replay"))
     lo, hi = env.mj_model.actuator_ctrlrange.T.astype(np.float32)
     syl = jnp.zeros((len(env.clip_ids), 1), jnp.int32) if syllables is None else syllables
-    return setup.actors(env.obs_layout, env.observation_size, env.action_size, env.body, lo, hi,
-                        syl, env.ctrl.astype(jnp.float32))
+    return setup.actors(env.mj_model, env.obs_layout, env.observation_size, env.body, lo, hi,
+                        syl, (env.ctrl.astype(jnp.float32), env.qpos, env.lengths))
 
 
 def _run_mjx(setup: _Setup, store, body, clip_dir, clips):
@@ -714,8 +776,8 @@ def _run_mjx(setup: _Setup, store, body, clip_dir, clips):
     syl = jnp.asarray(_syllable_table(store, setup.mode, env.clip_ids, lengths,
                                       setup.syllable_key))
     lo, hi = env.mj_model.actuator_ctrlrange.T.astype(np.float32)
-    act, init = setup.actors(env.obs_layout, env.observation_size, env.action_size, body, lo, hi,
-                             syl, env.ctrl.astype(jnp.float32))
+    act, init = setup.actors(env.mj_model, env.obs_layout, env.observation_size, body, lo, hi,
+                             syl, (env.ctrl.astype(jnp.float32), env.qpos, env.lengths))
     plan = EpisodePlan.draw(lengths, setup.episodes, env.mj_model.nq - 7, env.cfg.reset_noise,
                             setup.seed)
     cols = jnp.asarray(pose_columns(env.obs_layout)[0]) if setup.pose else None

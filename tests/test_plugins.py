@@ -361,3 +361,40 @@ def test_package_import_is_light():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO,
                           timeout=120, check=False)
     assert proc.returncode == 0, proc.stderr
+
+
+EXPERT_BODY = """
+from ncssm_policies.hookspecs import ExpertSpec
+
+
+def make(model, **options):
+    def expert(xp, qpos, qvel, ref_qpos, ref_ctrl, t):
+        return 0.5 * ref_ctrl
+    return expert
+
+
+@hookimpl
+def ncssm_register_experts():
+    return [ExpertSpec("half_replay", make, description="half the recorded control")]
+"""
+
+
+def test_a_plugin_registers_an_expert_that_evaluate_runs(install, test_clips, monkeypatch):
+    """An installed distribution offers an expert through ``ncssm_register_experts``; evaluate
+    runs it by name beside the built-in ones; a malformed one is reported as broken."""
+    from ncssm_policies.rollout import evaluate
+
+    origin = install("expert", EXPERT_BODY)
+    bad = install("bad_expert", "@hookimpl\ndef ncssm_register_experts():\n    return ['x']\n")
+    reg = registry(reload=True)
+    try:
+        assert reg.experts["half_replay"].origin == origin
+        assert {"replay", "feedback"} <= set(reg.experts)
+        assert "expected a ExpertSpec" in reg.broken[bad]
+        res = evaluate("half_replay", baselines=("expert",), clip_dir=test_clips, num_envs=2,
+                       episodes=2, seed=0)
+        assert res.summary["episodes"] == 2 and res.baselines["expert"].summary["episodes"] == 2
+        assert res.summary["mode"] == "baseline half_replay"
+    finally:
+        monkeypatch.undo()  # the fixture distributions leave sys.path before the default
+        registry(reload=True)  # registry is loaded again for the tests after this one

@@ -304,7 +304,7 @@ def test_reference_only_clips_are_tracked(test_clips, tmp_path, jax_cache):
 
 
 def test_evaluate_refuses_unknown_baselines_and_arhmm_features(sa_run, tmp_path):
-    with pytest.raises(ValueError, match="Unknown baseline 'random'; expected some of"):
+    with pytest.raises(ValueError, match="Unknown baseline .random.; expected zero, expert or a registered"):
         evaluate(sa_run, baselines=("zero", "random"))
     from ncssm_policies import arhmm
 
@@ -328,3 +328,45 @@ def test_expert_is_skipped_with_a_note_on_reference_only_clips(sa_run, test_clip
     res = evaluate(sa_run, num_envs=2, episodes=2, clip_dir=ref)
     assert set(res.summary["baselines"]) == {"zero"} and "score_joints" not in res.summary
     assert any("expert baseline skipped" in n for n in res.summary["notes"])
+
+
+def test_experts_hold_their_clips_from_reset_noise(test_clips):
+    """Replay and the feedback expert, run by name without a policy on the test body, hold
+    every clip from the reset noise to its end and track it far closer than zero action; with
+    action noise they still hold, and the noise is really executed."""
+    res = evaluate("replay", baselines=("zero", "feedback"), clip_dir=test_clips, num_envs=3,
+                   episodes=6, seed=0)
+    zero, fb = res.baselines["zero"].summary, res.baselines["feedback"].summary
+    for s in (res.summary, fb):
+        assert s["survival"] == 1.0
+        assert s["err_joints"]["mean"] < 0.1 * zero["err_joints"]["mean"]
+    noisy = evaluate("replay", baselines=("feedback",), clip_dir=test_clips, num_envs=3,
+                     episodes=6, seed=0, action_noise=0.1)
+    assert noisy.summary["survival"] == noisy.baselines["feedback"].summary["survival"] == 1.0
+    assert noisy.summary["err_joints"]["mean"] > 3 * res.summary["err_joints"]["mean"]
+    with pytest.raises(ValueError, match="Unknown expert 'oracle': no expert named 'oracle'"):
+        evaluate("zero", clip_dir=test_clips, expert="oracle")
+    with pytest.raises(ValueError, match="action_noise is applied on the CPU backend only"):
+        evaluate("zero", clip_dir=test_clips, backend="mjx", action_noise=0.1)
+
+
+def test_feedback_expert_maps_joint_errors_through_the_servos():
+    """The correction moves each servo's target by the joint error: on the test body (joint
+    servos, gear 1), ctrl - ref_ctrl = gain * (kp / g) * (q_ref - q) exactly; numpy and
+    jax.numpy agree."""
+    import jax.numpy as jnp
+
+    from ncssm_env.expert import feedback
+
+    m = build_model("test")
+    rng = np.random.default_rng(0)
+    q, ref = rng.normal(size=(2, m.nq)), rng.normal(size=(2, 3, m.nq))
+    ctrl = rng.normal(size=(2, m.nu))
+    u = feedback(m, gain=0.7)(np, q, np.zeros((2, m.nv)), ref, ctrl, np.zeros(2, int))
+    kp_over_g = -m.actuator_biasprm[:, 1] / m.actuator_gainprm[:, 0]
+    joints = m.jnt_qposadr[m.actuator_trnid[:, 0]]
+    want = ctrl + 0.7 * kp_over_g * (ref[:, 0, joints] - q[:, joints])
+    np.testing.assert_allclose(u, want, rtol=1e-5)
+    uj = feedback(m, gain=0.7)(jnp, jnp.asarray(q), jnp.zeros((2, m.nv)), jnp.asarray(ref),
+                               jnp.asarray(ctrl), jnp.zeros(2, int))
+    np.testing.assert_allclose(np.asarray(uj), u, rtol=1e-5)
