@@ -370,3 +370,21 @@ def test_feedback_expert_maps_joint_errors_through_the_servos():
     uj = feedback(m, gain=0.7)(jnp, jnp.asarray(q), jnp.zeros((2, m.nv)), jnp.asarray(ref),
                                jnp.asarray(ctrl), jnp.zeros(2, int))
     np.testing.assert_allclose(np.asarray(uj), u, rtol=1e-5)
+
+
+def test_expert_compare_script_runs(test_clips, capsys):
+    import runpy
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "expert_compare.py"
+    argv = sys.argv
+    sys.argv = [str(script), "--body", "test", "--clip-dir", str(test_clips), "--clips", "3",
+                "--episodes", "3", "--num-envs", "3", "--noise", "0", "--gains", "0.5",
+                "--max-steps", "20"]
+    try:
+        runpy.run_path(str(script), run_name="__main__")
+    finally:
+        sys.argv = argv
+    out = capsys.readouterr().out
+    assert "replay" in out and "feedback G 0.5" in out and "zero" in out
