@@ -12,6 +12,8 @@ dataset               shape        stored    meaning
 ``qpos``              (T, nq)      float64   full physics state, for exact replay / reset
 ``qvel``              (T, nv)      float64
 ``act``               (T, na)      float64   actuator activation state
+``ctrl_expert``       (T, A)       float32   DART clips: the expert's noise-free label for
+                                             ``ctrl[t]``, at the state of frame t-1
 ====================  ===========  ========  =========================================
 
 * A **reference-only** clip holds ``qpos`` (and optionally ``qvel``, ``act``) without ``obs``
@@ -19,8 +21,9 @@ or ``ctrl``: motion to track, such as a fit of the body to recorded keypoints. T
 the observation from the body; the training modes that read what it lacks refuse it.
 
 File attributes: ``schema_version`` (int), ``obs_layout`` (JSON string; only with ``obs``),
-``body`` (str), ``control_dt`` (float, seconds), ``generator`` (str). Other datasets are
-ignored on read.
+``body`` (str), ``control_dt`` (float, seconds), ``generator`` (str), and for a DART clip (a
+noisy rollout tracking another clip of the folder) ``dart_of`` (int, that clip's index).
+Other datasets are ignored on read.
 """
 
 from __future__ import annotations
@@ -71,6 +74,7 @@ _SPECS: dict[str, _Spec] = {
     "qpos": _Spec(2, False, np.dtype(np.float64)),
     "qvel": _Spec(2, False, np.dtype(np.float64)),
     "act": _Spec(2, False, np.dtype(np.float64)),
+    "ctrl_expert": _Spec(2, False, np.dtype(np.float32)),
 }
 SCHEMA_KEYS = frozenset(_SPECS)  # the clip schema's datasets
 _CLIP_NAME = re.compile(r"^clip_(\d+)\.h5$")
@@ -149,6 +153,7 @@ def write_clip(
     body: str,
     control_dt: float,
     generator: str,
+    dart_of: int | None = None,
 ) -> Path:
     """Validate and atomically write one clip file; return its path.
 
@@ -202,6 +207,8 @@ def write_clip(
         f.attrs["body"] = body
         f.attrs["control_dt"] = dt
         f.attrs["generator"] = generator
+        if dart_of is not None:
+            f.attrs["dart_of"] = int(dart_of)
     return path
 
 
@@ -254,6 +261,7 @@ class _Header:
     legacy: bool  # no obs_layout attribute: LEGACY_LAYOUT assumed
     body: str | None
     control_dt: float | None
+    dart_of: int | None = None  # a DART clip: the index of the clip it tracked
 
 
 def _attr_str(attrs: Mapping[str, Any], name: str, where: str) -> str | None:
@@ -312,7 +320,17 @@ def _read_header(path: Path) -> _Header:
         legacy=legacy,
         body=_attr_str(attrs, "body", where),
         control_dt=None if control_dt is None else _check_control_dt(control_dt, where),
+        dart_of=_check_dart_of(attrs.get("dart_of"), where),
     )
+
+
+def _check_dart_of(value: Any, where: str) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < 0:
+        raise ClipError(f"In {where}, dart_of is {value!r}, expected the index (an int >= 0) of "
+                        f"the clip it tracked.")
+    return int(value)
 
 
 def _check_agree(a: _Header, b: _Header) -> None:
@@ -419,6 +437,21 @@ class ClipStore:
     def control_dt(self) -> float | None:
         """Seconds between frames, shared by all clips, or None if absent."""
         return self._headers[0].control_dt
+
+    @property
+    def dart_of(self) -> np.ndarray:
+        """(n_clips,) int64: for each DART clip the index of the clip it tracked, -1 for the
+        others. A DART clip that names a missing clip, or another DART clip, is refused."""
+        out = np.array([-1 if h.dart_of is None else h.dart_of for h in self._headers])
+        for i, j in enumerate(out):
+            if j >= 0 and (j >= len(out) or out[j] >= 0):
+                raise ClipError(f"Clip file {self._headers[i].path} is a DART rollout of clip {j}, "
+                                f"which is not a nominal clip of {self.root}.")
+        return out
+
+    def clip_has(self, i: int, key: str) -> bool:
+        """Whether clip ``i`` holds dataset ``key``."""
+        return key in self._header(i).shapes
 
     def has(self, key: str) -> bool:
         """Whether every clip holds dataset ``key``."""

@@ -44,6 +44,17 @@ def split_clips(n_clips: int, train_frac: float, seed: int) -> tuple[np.ndarray,
     return np.sort(perm[:n_train]), np.sort(perm[n_train:])
 
 
+def split_store(store, train_frac: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(train_ids, val_ids)`` of a store's clips: :func:`split_clips` of its nominal clips
+    (without DART clips, exactly ``split_clips(len(store), ...)``); each DART clip then joins
+    training if the clip it tracked did, and is left out otherwise (val stays nominal)."""
+    dart_of = store.dart_of
+    nominal = np.flatnonzero(dart_of < 0)
+    train, val = (nominal[ids] for ids in split_clips(len(nominal), train_frac, seed))
+    extra = np.flatnonzero(np.isin(dart_of, train))
+    return np.sort(np.concatenate([train, extra])), val
+
+
 def check_pair(x_in, x_tgt) -> None:
     """``x_in`` (an array or tuple of arrays) and ``x_tgt`` must share ``(B, T)``."""
     parts = x_in if isinstance(x_in, tuple) else (x_in,)
@@ -130,7 +141,7 @@ class ClipDataset:
                 raise ValueError(f"clip_idx {clip_idx} is outside [0, {len(self.store)}) for {self.root_dir}.")
             ids = np.array([clip_idx])
         else:
-            ids = split_clips(len(self.store), train_frac, seed)[SPLITS.index(split)]
+            ids = split_store(self.store, train_frac, seed)[SPLITS.index(split)]
             if ids.size == 0:
                 raise ValueError(
                     f"The {split} split of the {len(self.store)} clips in {self.root_dir} is empty "
@@ -290,7 +301,7 @@ class ClipDataset:
         if isinstance(normalizer, Normalizer):
             normalizer.check_fits(self.mode.name, self.dims, f"the {self.split} data in {self.root_dir}")
             return normalizer
-        train_ids = split_clips(len(self.store), self.train_frac, self.seed)[0]
+        train_ids = split_store(self.store, self.train_frac, self.seed)[0]
         return Normalizer.fit(self.store, self.mode.name, train_ids, method=normalizer,
                               n_syllables=self.n_syllables)
 

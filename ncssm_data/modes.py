@@ -146,6 +146,8 @@ def read_source(store, i: int, source: str, start: int = 0, stop: int | None = N
     which are read from the dataset ``syllable_key``."""
     if source == SYLLABLES and syllable_key != SYLLABLES:
         return store.read_labels(i, syllable_key, start, stop)
+    if source == "ctrl" and store.clip_has(i, "ctrl_expert"):  # DART: the expert's label
+        return store.read(i, "ctrl_expert", start, stop)
     if source in DATASETS:
         return store.read(i, source, start, stop)
     return store.obs(i, source, start, stop)

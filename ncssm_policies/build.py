@@ -116,9 +116,9 @@ def held_out_clips(pol, clip_dir=None) -> np.ndarray:
     """The val clip indices of ``pol``'s training run, (n_val,) int: the split training made
     of the folder ``clip_dir`` (None: the folder the run trained on) from the run's
     ``train_frac`` and ``seed`` (:func:`ncssm_data.split_clips`)."""
-    from ncssm_data import ClipStore, split_clips
+    from ncssm_data import ClipStore
+    from ncssm_data.dataset import split_store
 
     root = Path(clip_dir) if clip_dir is not None else resolve_clip_dir(pol.config)
     with ClipStore(root) as store:
-        n = len(store)
-    return split_clips(n, pol.config.train_frac, pol.config.seed)[1]
+        return split_store(store, pol.config.train_frac, pol.config.seed)[1]

@@ -25,6 +25,13 @@ def main(argv: list[str] | None = None) -> int:
     gen.add_argument("--frames", type=int, default=600, help="frames per clip (50 Hz)")
     gen.add_argument("--seed", type=int, default=0)
     gen.add_argument("--out", required=True, help="folder for clip_<i>.h5")
+    gen.add_argument("--dart", type=float, metavar="NOISE",
+                     help="also write DART rollouts: the expert tracking each clip while "
+                          "executing its control plus Gaussian noise of this std (see "
+                          "ncssm_env.dart)")
+    gen.add_argument("--dart-copies", type=int, default=1, help="DART rollouts per clip")
+    gen.add_argument("--expert", default="replay", help="the registered expert of the DART "
+                                                        "rollouts (replay, feedback, a plugin's)")
     seg = sub.add_parser("segment", help="fit a sticky AR-HMM to clips and write its syllables "
                                          "into them (see ncssm_policies.arhmm)")
     seg.add_argument("--config", help="a YAML config (default: configs/segment.yaml's values)")
@@ -65,6 +72,27 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(f"wrote {args.clips} clips of {args.frames} frames to {args.out}; torso upright in "
           f"{100 * np.mean(upright):.1f}% of frames (worst clip {100 * np.min(upright):.1f}%)")
+    if args.dart is not None:
+        return _dart(args)
+    return 0
+
+
+def _dart(args) -> int:
+    from ncssm_data.errors import ClipError
+    from ncssm_env.body import build_model
+    from ncssm_env.dart import generate_dart
+    from ncssm_policies.registry import UnknownPolicyError, registry
+
+    try:
+        expert = registry().get_expert(args.expert).make(build_model(args.body))
+        counts = generate_dart(args.out, expert, args.dart, copies=args.dart_copies,
+                               seed=args.seed, expert_name=args.expert)
+    except (ValueError, ClipError, UnknownPolicyError, OSError) as err:
+        print(f"ncssm-data: error: {err}", file=sys.stderr)
+        return 2
+    print(f"wrote {counts['written']} DART rollouts ({counts['frames']} frames; expert "
+          f"{args.expert}, noise {args.dart:g}) to {args.out}; {counts['short']} fell within "
+          f"K + 2 frames and were not written")
     return 0
 
 
