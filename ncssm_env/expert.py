@@ -18,7 +18,9 @@ controls (N, nu), which the caller clips to the actuators' range. Built-in:
   by the actuator-length error to the next reference frame, mapped through the transmissions
   (joints and fixed tendons): ``ctrl = ref_ctrl + gain · (kp / g) · M (q_ref − q)``, with M the
   actuator moments of the hinges (constant for this model) and ``kp / g`` each servo's control
-  per unit of length. ``damping`` adds ``−damping · (kp / g) · M q̇`` likewise.
+  per unit of length. ``damping`` adds ``−damping · (kp / g) · M q̇`` likewise. The defaults,
+  gain 1 and damping 0.02, measured best under action noise on the rodent
+  (``scripts/expert_compare.py``; the README has the table).
 
 Plugins add experts through the ``ncssm_register_experts`` hook
 (:mod:`ncssm_policies.hookspecs`), for example a policy trained with RL elsewhere.
@@ -54,7 +56,7 @@ def servo_map(model: mujoco.MjModel) -> np.ndarray:
     return per_length[:, None] * moment[:, 6:]
 
 
-def feedback(model: mujoco.MjModel, gain: float = 0.5, damping: float = 0.0):
+def feedback(model: mujoco.MjModel, gain: float = 1.0, damping: float = 0.02):
     """Replay plus a correction toward the next reference pose (see the module docstring)."""
     S = servo_map(model).astype(np.float32)
 
