@@ -76,6 +76,13 @@ def resolve_clip_dir(cfg: TrainConfig) -> Path:
     if cfg.clip_dir is None:
         from ncssm_env.synthetic import clips_or_builtin
 
+        if cfg.dart_noise is not None:
+            from ncssm_env.body import build_model
+            from ncssm_env.dart import builtin_dart
+            from ncssm_policies.registry import registry
+
+            expert = registry().get_expert(cfg.dart_expert).make(build_model("rodent"))
+            return builtin_dart(expert, cfg.dart_expert, cfg.dart_noise, cfg.dart_copies)
         return clips_or_builtin(None)
     root = Path(cfg.clip_dir).expanduser()
     if not root.is_dir():

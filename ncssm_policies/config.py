@@ -53,7 +53,11 @@ class TrainConfig:
     ``syllable_key``: the clip dataset that ``syllable_state_intention`` reads its syllables
     from, in training and in the closed-loop evaluation: ``syllables`` (the clips' own), or
     ``syllables_arhmm`` (the AR-HMM labels ``ncssm-data segment`` writes), or any (T,) dataset
-    of integer labels >= 0; a plain dataset name (no "/").
+    of integer labels >= 0; a plain dataset name (no "/"). ``dart_noise`` (None: off) trains
+    on the built-in clips plus ``dart_copies`` DART rollouts of each by the registered expert
+    ``dart_expert`` executing its control plus Gaussian noise of that std (made on first use
+    and cached; :mod:`ncssm_env.dart`); for a clip folder of your own, write them into it with
+    ``ncssm-data dart``.
 
     Checkpoints: every ``ckpt_freq`` epochs (and at the end), the last ``keep_ckpts`` kept,
     plus the best by val loss. ``ckpt_dir`` (None: ``<run folder>/checkpoints``).
@@ -110,6 +114,9 @@ class TrainConfig:
     preload: bool = True
     norm_method: str = "zscore"
     syllable_key: str = "syllables"
+    dart_noise: float | None = None
+    dart_copies: int = 1
+    dart_expert: str = "replay"
     # checkpoints
     ckpt_dir: str | None = None
     keep_ckpts: int = 2
@@ -248,6 +255,17 @@ def _check_values(cfg: TrainConfig) -> None:
     if not cfg.syllable_key or "/" in cfg.syllable_key:
         raise ConfigError(f"Config key 'syllable_key' must be a plain dataset name (non-empty, "
                           f"no '/'), got {cfg.syllable_key!r}.")
+    if cfg.dart_noise is not None:
+        if not cfg.dart_noise >= 0:
+            raise ConfigError(f"Config key 'dart_noise' must be a standard deviation >= 0 or "
+                              f"null, got {cfg.dart_noise!r}.")
+        if cfg.clip_dir is not None:
+            raise ConfigError("Config key 'dart_noise' makes DART rollouts of the built-in clips "
+                              "(clip_dir null); for your clips write them into the folder with "
+                              f"'ncssm-data dart --clip-dir {cfg.clip_dir} --noise "
+                              f"{cfg.dart_noise:g}' and leave dart_noise null.")
+    if cfg.dart_copies < 1:
+        raise ConfigError(f"Config key 'dart_copies' must be >= 1, got {cfg.dart_copies!r}.")
     if not cfg.name or any(c in cfg.name for c in "/\\") or cfg.name in (".", ".."):
         raise ConfigError(f"Config key 'name' must be a plain folder name, got {cfg.name!r}.")
 

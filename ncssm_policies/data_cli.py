@@ -32,6 +32,14 @@ def main(argv: list[str] | None = None) -> int:
     gen.add_argument("--dart-copies", type=int, default=1, help="DART rollouts per clip")
     gen.add_argument("--expert", default="replay", help="the registered expert of the DART "
                                                         "rollouts (replay, feedback, a plugin's)")
+    dart = sub.add_parser("dart", help="write DART rollouts of every clip of a folder into it "
+                                       "(see ncssm_env.dart)")
+    dart.add_argument("--clip-dir", required=True, dest="out", help="the clip folder")
+    dart.add_argument("--noise", type=float, required=True, dest="dart",
+                      help="std of the Gaussian noise on the executed controls")
+    dart.add_argument("--copies", type=int, default=1, dest="dart_copies")
+    dart.add_argument("--expert", default="replay")
+    dart.add_argument("--seed", type=int, default=0)
     seg = sub.add_parser("segment", help="fit a sticky AR-HMM to clips and write its syllables "
                                          "into them (see ncssm_policies.arhmm)")
     seg.add_argument("--config", help="a YAML config (default: configs/segment.yaml's values)")
@@ -61,6 +69,8 @@ def main(argv: list[str] | None = None) -> int:
         return _segment(args)
     if args.command == "import":
         return _import(args)
+    if args.command == "dart":
+        return _dart(args)
 
     from ncssm_env.synthetic import generate
 
@@ -84,7 +94,13 @@ def _dart(args) -> int:
     from ncssm_policies.registry import UnknownPolicyError, registry
 
     try:
-        expert = registry().get_expert(args.expert).make(build_model(args.body))
+        body = getattr(args, "body", None)
+        if body is None:
+            from ncssm_data import ClipStore
+
+            with ClipStore(args.out) as store:
+                body = store.body or "rodent"
+        expert = registry().get_expert(args.expert).make(build_model(body))
         counts = generate_dart(args.out, expert, args.dart, copies=args.dart_copies,
                                seed=args.seed, expert_name=args.expert)
     except (ValueError, ClipError, UnknownPolicyError, OSError) as err:

@@ -583,7 +583,7 @@ def behaviour_scores(res: EvalResult, zero: EvalResult | None, pol, store_dir, c
     try:
         n = len(env.store)
         held = np.arange(n) if clips is None else np.asarray(clips, np.int64)
-        train = np.setdiff1d(np.arange(n), held)
+        train = np.setdiff1d(np.flatnonzero(env.store.dart_of < 0), held)  # nominal clips
         if train.size == 0:
             train = held
             (notes if notes is not None else []).append(

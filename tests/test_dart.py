@@ -82,3 +82,39 @@ def test_dart_bad_input(dart_dir, tmp_path):
     with ClipStore(bad) as store, pytest.raises(ClipError, match="is a DART rollout of clip 1, "
                                                               "which is not a nominal clip"):
         store.dart_of
+
+
+def test_builtin_dart_clips_are_made_once(monkeypatch):
+    """``dart_noise`` in a config trains on the built-in clips plus a DART rollout of each,
+    made once into the cache; dart_noise with a clip folder of your own is one sentence."""
+    from ncssm_env.dart import builtin_dart
+    from ncssm_env.expert import replay
+    from ncssm_policies.config import ConfigError, TrainConfig
+
+    path = builtin_dart(replay(build_model("test")), "replay", 0.1, body="test")
+    with ClipStore(path) as store:
+        assert len(store) == 128 and store.dart_of.tolist() == [-1] * 64 + list(range(64))
+    stamp = (path / "clip_100.h5").stat().st_mtime_ns
+    assert builtin_dart(replay(build_model("test")), "replay", 0.1, body="test") == path
+    assert (path / "clip_100.h5").stat().st_mtime_ns == stamp
+    with pytest.raises(ConfigError, match="'dart_noise' makes DART rollouts of the built-in"):
+        TrainConfig(clip_dir="/data/clips", dart_noise=0.1)
+    with pytest.raises(ConfigError, match="'dart_noise' must be a standard deviation >= 0"):
+        TrainConfig(dart_noise=-0.1)
+
+
+def test_ncssm_data_dart_writes_into_a_folder(dart_dir, tmp_path, capsys):
+    import shutil
+
+    from ncssm_policies.data_cli import main
+
+    root = tmp_path / "clips"
+    root.mkdir()
+    for i in range(4):
+        shutil.copy(dart_dir / f"clip_{i}.h5", root)
+    assert main(["dart", "--clip-dir", str(root), "--noise", "0.05", "--expert", "feedback"]) == 0
+    assert "wrote 4 DART rollouts" in capsys.readouterr().out
+    with ClipStore(root) as store:
+        assert store.dart_of.tolist() == [-1, -1, -1, -1, 0, 1, 2, 3]
+    assert main(["dart", "--clip-dir", str(root), "--noise", "0.05", "--expert", "oracle"]) == 2
+    assert "no expert named 'oracle'" in capsys.readouterr().err
