@@ -60,7 +60,11 @@ class TrainConfig:
     ``ncssm-data dart``.
 
     Checkpoints: every ``ckpt_freq`` epochs (and at the end), the last ``keep_ckpts`` kept,
-    plus the best by val loss. ``ckpt_dir`` (None: ``<run folder>/checkpoints``).
+    plus the best: by val loss (``select: val_loss``), or, for a mode that acts, by the
+    closed-loop return score (``select: closed_loop``): ``eval_episodes`` episodes on
+    ``eval_envs`` CPU envs of the val clips every ``eval_every`` epochs (and at the end), one
+    fixed episode plan, score_return = (R - R_zero) / (R_expert - R_zero).
+    ``ckpt_dir`` (None: ``<run folder>/checkpoints``).
 
     Logging: ``logger`` (``jsonl``, ``tensorboard`` or ``wandb``; JSONL is always written),
     ``project``, ``name``, ``tags``; ``runs_dir`` holds the run folders.
@@ -130,6 +134,8 @@ class TrainConfig:
     # closed-loop evaluation at the end of training (control modes; 0 episodes: none)
     eval_episodes: int = 16
     eval_envs: int = 8
+    select: str = "val_loss"
+    eval_every: int = 5
     # debugging and seed
     test_batch: bool = False
     clip_idx: int = 0
@@ -228,7 +234,19 @@ def _check_values(cfg: TrainConfig) -> None:
 
     positive("n_layers", "d_model", "ssm_size", "blocks", "d_state", "expand", "embed_dim",
              "epochs", "iters_per_epoch", "val_steps", "batch_size", "seg_len", "keep_ckpts",
-             "ckpt_freq", "eval_envs")
+             "ckpt_freq", "eval_envs", "eval_every")
+    if cfg.select not in ("val_loss", "closed_loop"):
+        raise ConfigError(f"Config key 'select' must be 'val_loss' or 'closed_loop', got "
+                          f"{cfg.select!r}.")
+    if cfg.select == "closed_loop":
+        from ncssm_data.modes import MODES
+
+        if cfg.mmode in MODES and not MODES[cfg.mmode].acts:
+            raise ConfigError(f"Config key 'select' is 'closed_loop', but mode {cfg.mmode!r} does "
+                              f"not act, so it has no closed-loop score; use 'val_loss'.")
+        if cfg.eval_episodes < 1:
+            raise ConfigError("Config key 'select' is 'closed_loop', which needs eval_episodes "
+                              ">= 1.")
     if cfg.eval_episodes < 0:
         raise ConfigError(f"Config key 'eval_episodes' must be >= 0, got {cfg.eval_episodes!r}.")
     for k in ("learning_rate", "ssm_lr", "weight_decay", "grad_clip", "dropout", "noise_std",

@@ -537,14 +537,15 @@ def autonomous(mode: Mode) -> bool:
 
 def scores(summary: dict, zero: dict, expert: dict) -> dict:
     """``score_<error>`` = (e_zero - e) / (e_zero - e_expert) for every tracking error in all
-    three summaries (their means over episodes): 1 is the expert, 0 doing nothing, below 0
-    worse than nothing; NaN where the two baselines tie."""
+    three summaries (their means over episodes), and ``score_return`` the same of the return:
+    1 is the expert, 0 doing nothing, below 0 worse than nothing; NaN where the two baselines
+    tie."""
     out = {}
     for k in summary:
-        if k.startswith("err_") and k in zero and k in expert:
+        if (k.startswith("err_") or k == "return") and k in zero and k in expert:
             e, z, x = summary[k]["mean"], zero[k]["mean"], expert[k]["mean"]
-            out["score_" + k[4:]] = float((z - e) / (z - x)) if abs(z - x) > 1e-12 else \
-                float("nan")
+            out["score_" + k.removeprefix("err_")] = float((z - e) / (z - x)) \
+                if abs(z - x) > 1e-12 else float("nan")
     return out
 
 

@@ -250,6 +250,7 @@ class State:
     opt_state: Any
     key: Any
     best_val: float = math.inf
+    best_score: float = -math.inf  # select: closed_loop
 
 
 def train(cfg: TrainConfig, run_dir: str | Path | None = None, progress: bool = True,
@@ -326,7 +327,8 @@ def run(setup: Setup, progress: bool = True, plots: bool = True) -> RunResult:
             logger.log({"step": step, "epoch": epoch, "epoch_train_loss": train_loss,
                         "val_loss": val_loss, "val_r2": r2["mean"]})
             bar.set_postfix(loss=f"{train_loss:.4g}", val=f"{val_loss:.4g}")
-            _save(setup, state, manager, epoch, step, train_loss, val_loss, norm_json)
+            score = _closed_loop_score(setup, model, state, epoch, step, logger)
+            _save(setup, state, manager, epoch, step, train_loss, val_loss, norm_json, score)
     finally:
         bar.close()
         logger.close()
@@ -349,17 +351,18 @@ def _start(setup: Setup, model, tx, manager) -> tuple[State, int]:
     params = model.init(init_key, dummy_input(setup.dims, 1, 2))["params"]
     train_state = {"opt_state": tx.init(params), "key": dropout_key,
                    "step": np.asarray(0, np.int64)}
-    best_val, start = math.inf, 0
+    best_val, best_score, start = math.inf, None, 0
     if setup.resume is not None:
         kind, step = setup.resume
         params, train_state = ckpt.restore(getattr(manager, kind), step, params, train_state,
                                            str(setup.ckpt_root))
         start = int(train_state["step"])
         best_val = setup.saved["meta"].get("best_val_loss") or math.inf
+        best_score = setup.saved["meta"].get("best_score")
     shard = _shardings(cfg.batch_size)
     put = (lambda t: jax.device_put(t, shard[0])) if shard else jax.device_put
     return State(put(params), put(train_state["opt_state"]), put(train_state["key"]),
-                 best_val), start
+                 best_val, -math.inf if best_score is None else best_score), start
 
 
 def _train_epoch(setup: Setup, state: State, epoch: int, train_step, put_batch, lr_schedule,
@@ -389,16 +392,45 @@ def _train_epoch(setup: Setup, state: State, epoch: int, train_step, put_batch, 
     return epoch_loss
 
 
+def _closed_loop_score(setup: Setup, model, state: State, epoch: int, step: int,
+                       logger) -> float | None:
+    """With ``select: closed_loop``, on every ``eval_every``-th epoch and the last: the
+    closed-loop return score of the current params on the val clips (one fixed plan of
+    ``eval_episodes`` episodes, beside zero action and the expert), logged; else None."""
+    cfg = setup.cfg
+    if cfg.select != "closed_loop" or ((epoch + 1) % cfg.eval_every and epoch + 1 != cfg.epochs):
+        return None
+    from ncssm_policies.checkpoint import LoadedPolicy
+    from ncssm_policies.rollout import evaluate
+
+    pol = LoadedPolicy(model, state.params, setup.train_ds.normalizer, cfg, setup.dims, step,
+                       setup.run_dir)
+    ev = evaluate(pol, num_envs=min(cfg.eval_envs, cfg.eval_episodes),
+                  episodes=cfg.eval_episodes, seed=cfg.seed, behaviour=False)
+    s = ev.summary
+    logger.log({"step": step, "epoch": epoch, "closed_loop_score": s["score_return"],
+                "survival": s["survival"], "score_joints": s["score_joints"]})
+    return float(s["score_return"])
+
+
 def _save(setup: Setup, state: State, manager, epoch: int, step: int, train_loss: float,
-          val_loss: float, norm_json) -> None:
-    """The epoch's checkpoints: ``best`` when the val loss improved, ``periodic`` every
-    ``ckpt_freq`` epochs and at the end."""
+          val_loss: float, norm_json, score: float | None = None) -> None:
+    """The epoch's checkpoints: ``best`` when the val loss improved (or, with ``select:
+    closed_loop``, the closed-loop ``score``), ``periodic`` every ``ckpt_freq`` epochs and at
+    the end."""
     cfg = setup.cfg
     saved = {"opt_state": state.opt_state, "key": state.key, "step": np.asarray(step, np.int64)}
     meta = {"dims": setup.dims, "epoch": epoch + 1, "step": step, "val_loss": val_loss,
             "best_val_loss": min(state.best_val, val_loss), "train_loss": train_loss}
-    if val_loss < state.best_val:
-        state.best_val = val_loss
+    if cfg.select == "closed_loop":
+        better = score is not None and score > state.best_score
+        if better:
+            state.best_score = score
+        meta.update(closed_loop_score=score, best_score=state.best_score)
+    else:
+        better = val_loss < state.best_val
+    state.best_val = min(state.best_val, val_loss)
+    if better:
         manager.save("best", step, state.params, saved, cfg, norm_json, meta)
     if (epoch + 1) % cfg.ckpt_freq == 0 or epoch + 1 == cfg.epochs:
         manager.save("periodic", step, state.params, saved, cfg, norm_json, meta)

@@ -409,3 +409,21 @@ def test_cli_reports_bad_input_in_one_line(tmp_path, capsys):
     assert main(["--config", str(tmp_path / "missing.yaml")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("ncssm-train: error: Cannot read config") and "\n" not in err
+
+
+def test_select_closed_loop_keeps_the_best_scoring_checkpoint(test_clips, tmp_path):
+    """``select: closed_loop``: the best checkpoint is the epoch whose closed-loop return score
+    (logged) was highest, not the one of the lowest val loss; a mode that does not act is
+    refused in one sentence."""
+    cfg = TrainConfig(clip_dir=str(test_clips), seg_len=30, batch_size=4, epochs=3,
+                      iters_per_epoch=3, val_steps=1, d_model=16, ssm_size=8, blocks=2,
+                      n_layers=1, runs_dir=str(tmp_path), eval_episodes=3, eval_envs=3,
+                      select="closed_loop", eval_every=1, learning_rate=0.05)
+    result = train(cfg, progress=False, plots=False)
+    rows = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
+    scores = {r["step"]: r["closed_loop_score"] for r in rows if "closed_loop_score" in r}
+    assert sorted(scores) == [3, 6, 9]
+    best = max(scores, key=scores.get)
+    assert load_policy(result.run_dir).step == best
+    with pytest.raises(ConfigError, match="mode 'pure_state' does not act"):
+        TrainConfig(mmode="pure_state", select="closed_loop")
