@@ -310,3 +310,25 @@ def test_bad_hyper_parameters_raise_clear_errors(kw, match):
 def test_odd_state_dim_is_fine_without_conj_sym():
     m = S5SSM(H, state_dim=7, conj_sym=False)
     assert m.kept_states == 7 and m.initialize_carry(2).shape == (2, 14)
+
+
+def test_causal_convolution_before_the_ssm(x):
+    """``conv_width``: the step form equals the parallel form, chunks chain through the
+    (conv_state, ssm carry) carry, the convolution is causal, and at its identity init the
+    block is the plain S5 block with the same parameters."""
+    m = S5Block(H, state_dim=16, scan="associative", conv_width=4)
+    v = _init(m, x)
+    plain = S5Block(H, state_dim=16, scan="associative")
+    vp = {"params": {k: w for k, w in v["params"].items() if not k.startswith("conv_")}}
+    np.testing.assert_allclose(m.apply(v, x)[1], plain.apply(vp, x)[1], rtol=1e-5, atol=1e-6)
+    kernel = jax.random.normal(jax.random.key(5), (4, H))
+    v = {"params": {**v["params"], "conv_kernel": kernel}}
+    carry_p, y_p = m.apply(v, x)
+    assert carry_p[0].shape == (B, 3, H) and carry_p[1].shape == (B, 16)
+    carry_s, y_s = run_steps(m, v, x)
+    np.testing.assert_allclose(y_s, y_p, rtol=1e-4, atol=1e-5)
+    c1, y1 = m.apply(v, x[:, :SPLIT])
+    _, y2 = m.apply(v, x[:, SPLIT:], c1)
+    np.testing.assert_allclose(jnp.concatenate([y1, y2], axis=1), y_p, rtol=1e-4, atol=1e-5)
+    y_late = m.apply(v, x.at[:, SPLIT:].add(1.0))[1]
+    np.testing.assert_allclose(y_late[:, :SPLIT], y_p[:, :SPLIT], rtol=1e-6)  # causal

@@ -545,6 +545,11 @@ class S5Block(_SSMFields):
     name ``"dropout"``), applied only when ``train=True``. ``step`` draws the same mask as
     ``__call__`` given the same rng, so the two forms agree in training too.
 
+    ``conv_width`` > 1 puts a causal depthwise convolution over the last ``conv_width`` frames
+    (as Mamba has) between the norm and the SSM, initialized to the identity (the newest
+    frame's tap 1, the others 0): it lets the block read velocities directly. Its carry is then
+    ``(conv_state (B, conv_width - 1, H), ssm carry)``, the last inputs, oldest first.
+
     ``scan`` picks the parallel form's iteration (see :class:`S5SSM`). The other fields are
     :class:`S5SSM`'s.
     """
@@ -552,6 +557,7 @@ class S5Block(_SSMFields):
     glu: str = "half_glu1"
     norm: str = "layer"
     dropout: float = 0.0
+    conv_width: int = 0
 
     def __post_init__(self):
         _validate_ssm(self)
@@ -569,13 +575,37 @@ class S5Block(_SSMFields):
             self.glu_value = nn.Dense(self.d_model)
         if self.glu != "gelu":
             self.glu_gate = nn.Dense(self.d_model)
+        if self.conv_width > 1:
+            w = self.conv_width
+            self.conv_kernel = self.param(
+                "conv_kernel", lambda key, shape: jnp.zeros(shape).at[-1].set(1.0),
+                (w, self.d_model))
+            self.conv_bias = self.param("conv_bias", nn.initializers.zeros, (self.d_model,))
 
     def initialize_carry(self, batch_size: int) -> Carry:
-        """Zeros, float32 (batch_size, 2 Pk); ``()`` when bidirectional. Needs no params."""
-        return _zero_carry(batch_size, self.state_dim, self.conj_sym, self.bidirectional)
+        """Zeros, float32 (batch_size, 2 Pk); ``()`` when bidirectional; with a convolution,
+        ``(zeros (batch_size, conv_width - 1, H), that)``. Needs no params."""
+        ssm = _zero_carry(batch_size, self.state_dim, self.conj_sym, self.bidirectional)
+        if self.conv_width > 1:
+            return (jnp.zeros((batch_size, self.conv_width - 1, self.d_model), jnp.float32), ssm)
+        return ssm
 
     def _pre(self, x):
         return self.layer_norm(x) if self.norm == "layer" else x
+
+    def _conv(self, carry, u):
+        """The causal convolution of u (B, T, H) after the carry's last inputs: (conv_state,
+        ssm carry, u convolved); the identity without one."""
+        if self.conv_width <= 1:
+            return None, carry, u
+        from ncssm_policies.layers.mamba import causal_conv
+
+        if carry is None:
+            carry = self.initialize_carry(u.shape[0])
+        conv_state, ssm = carry
+        xp = jnp.concatenate([conv_state.astype(u.dtype), u], axis=1)
+        return xp[:, -(self.conv_width - 1):], ssm, causal_conv(xp, self.conv_kernel,
+                                                                 self.conv_bias)
 
     def _post(self, s, train: bool, time_axis: bool):
         g = nn.gelu(s)
@@ -597,11 +627,15 @@ class S5Block(_SSMFields):
 
     def __call__(self, x, carry: Carry | None = None, train: bool = False):
         """Parallel form: x (B, T, H) -> (last carry, y (B, T, H)); carry None means zeros."""
-        carry, s = self.ssm(self._pre(x), carry)
+        conv_state, carry, u = self._conv(carry, self._pre(x))
+        carry, s = self.ssm(u, carry)
+        carry = carry if conv_state is None else (conv_state, carry)
         return carry, x + self._post(s, train, time_axis=True)
 
     def step(self, carry: Carry, x_t, train: bool = False):
         """One-step form: carry, x_t (B, H) -> (carry, y_t (B, H))."""
         _check_step_allowed(self.bidirectional)
-        carry, s = self.ssm.step(carry, self._pre(x_t))
+        conv_state, carry, u = self._conv(carry, self._pre(x_t)[:, None])
+        carry, s = self.ssm.step(carry, u[:, 0])
+        carry = carry if conv_state is None else (conv_state, carry)
         return carry, x_t + self._post(s, train, time_axis=False)
