@@ -376,7 +376,7 @@ def evaluate(policy, num_envs: int = 4, episodes: int = 8, backend: str = "cpu",
              action_noise: float = 0.0) -> EvalResult:
     """Evaluate ``policy``: a run folder or its checkpoints (``which`` picks the checkpoint), a
     :class:`~ncssm_policies.checkpoint.LoadedPolicy`, or a baseline's name (``"zero"``,
-    ``"expert"``: see below) to run it alone.
+    ``"expert"``, a registered expert: see below) to run it without a policy.
 
     Closed loop (the modes that act, :attr:`ncssm_data.modes.Mode.acts`): ``episodes``
     episodes on ``num_envs`` envs of ``backend``, drawn once (:class:`EpisodePlan`), and the
@@ -486,9 +486,8 @@ def evaluate(policy, num_envs: int = 4, episodes: int = 8, backend: str = "cpu",
     if "zero" in base and "expert" in base:
         for r in results:
             r.summary.update(scores(r.summary, base["zero"].summary, base["expert"].summary))
-    if base:
-        res.summary["baselines"] = {k: r.summary for k, r in base.items()}
-        res.baselines = base
+    res.summary["baselines"] = {k: r.summary for k, r in base.items()}
+    res.baselines = base
     if behaviour:
         res.summary["behaviour"] = behaviour_scores(
             res, base.get("zero"), pol, store_dir=clip_dir, clips=clips, body=body, layout=layout,
@@ -850,7 +849,8 @@ class RolloutConfig:
 
     The defaults are ``configs/rollout.yaml``'s. ``checkpoint``: a run folder or its
     checkpoints (a glob picks the newest match: by default the newest quickstart run);
-    ``which``: ``best`` or ``latest``; or ``zero`` / ``expert`` to run that baseline alone
+    ``which``: ``best`` or ``latest``; or ``zero`` / ``expert`` / an expert's name to run it
+    without a policy, beside the other ``baselines``
     (on ``clip_dir``, all its clips by default, body ``body``). ``clip_dir`` (None: the clips it trained on) and ``clips`` (None: the held-out
     clips, or all of ``clip_dir``) pick the references. ``num_envs``, ``episodes``, ``backend``
     (``cpu``, ``mjx``, ``auto``), ``impl`` (the MJX physics: ``jax``, ``warp``, ``auto``),
