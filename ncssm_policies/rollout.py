@@ -543,8 +543,8 @@ def scores(summary: dict, zero: dict, expert: dict) -> dict:
     for k in summary:
         if (k.startswith("err_") or k == "return") and k in zero and k in expert:
             e, z, x = summary[k]["mean"], zero[k]["mean"], expert[k]["mean"]
-            out["score_" + k.removeprefix("err_")] = float((z - e) / (z - x)) \
-                if abs(z - x) > 1e-12 else float("nan")
+            out["score_" + k.removeprefix("err_")] = float((z - e) / (z - x)) + 0.0 \
+                if abs(z - x) > 1e-12 else float("nan")  # (+ 0.0: no "-0" for zero itself)
     return out
 
 
