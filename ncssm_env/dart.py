@@ -16,9 +16,7 @@ plus Gaussian noise of standard deviation ``noise``, clipped to the range. It re
 
 from __future__ import annotations
 
-import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -102,22 +100,13 @@ def builtin_dart(expert, expert_name: str, noise: float, copies: int = 1,
     """The built-in clips of ``body`` plus their DART rollouts (``expert``, named
     ``expert_name``), made on first use beside them in the cache: written into a temporary
     folder and renamed into place, like the built-in clips."""
-    from ncssm_env.synthetic import builtin_clips
+    from ncssm_env.synthetic import builtin_clips, cached
 
     nominal = builtin_clips(body)
-    path = nominal.parent / f"{nominal.name}-dart{noise:g}x{copies}-{expert_name}"
-    if path.is_dir():
-        return path
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    try:
+
+    def fill(tmp: Path) -> None:
         for f in nominal.glob("clip_*.h5"):
             shutil.copy2(f, tmp / f.name)
         generate_dart(tmp, expert, noise, copies=copies, expert_name=expert_name)
-        try:
-            os.replace(tmp, path)
-        except OSError:  # another process finished first; its clips are the same
-            if not path.is_dir():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return path
+
+    return cached(nominal.parent / f"{nominal.name}-dart{noise:g}x{copies}-{expert_name}", fill)

@@ -228,14 +228,21 @@ def builtin_clips(body: str = "rodent", n_clips: int = 64, n_frames: int = 600,
     name = f"builtin-{body}-v{VERSION}-seed{seed}-{n_clips}x{n_frames}"
     if (timestep, n_substeps) != (0.002, 10):
         name += f"-dt{timestep:g}x{n_substeps}"
-    path = cache_dir() / name
+    return cached(cache_dir() / name, lambda tmp: generate(
+        tmp, body=body, n_clips=n_clips, n_frames=n_frames, seed=seed, timestep=timestep,
+        n_substeps=n_substeps))
+
+
+def cached(path: Path, fill) -> Path:
+    """The cache entry ``path``, made when absent by ``fill(tmp)`` writing into a temporary
+    folder beside it, then renamed into place: an interrupted run leaves no half-made entry,
+    and concurrent runs are safe (the entry is the same whoever finishes first)."""
     if path.is_dir():
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
-        generate(tmp, body=body, n_clips=n_clips, n_frames=n_frames, seed=seed,
-                 timestep=timestep, n_substeps=n_substeps)
+        fill(tmp)
         try:
             os.replace(tmp, path)
         except OSError:  # another process finished first; its clips are the same

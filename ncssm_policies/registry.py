@@ -143,22 +143,16 @@ def load_registry(disable: Iterable[str] = (), group: str = GROUP) -> Registry:
             log.warning("ncssm plugin %s is broken: %s", origin, err.sentence,
                         extra={"ncssm_plugin_broken": origin})
             continue
-        for spec in specs:
-            other = reg.policies.get(spec.name)
-            if other is not None:
-                raise PluginError(
-                    f"policy {spec.name!r} is offered by two plugins, {other.origin} and {origin}; "
-                    f"uninstall or disable one of them ({DISABLE_ENV}={other.entry_point} or "
-                    f"{DISABLE_ENV}={ep.name}).")
-            reg.policies[spec.name] = Registered(spec, dist, ep.name)
-        for spec in expert_specs:
-            other = reg.experts.get(spec.name)
-            if other is not None:
-                raise PluginError(
-                    f"expert {spec.name!r} is offered by two plugins, {other.origin} and {origin}; "
-                    f"uninstall or disable one of them ({DISABLE_ENV}={other.entry_point} or "
-                    f"{DISABLE_ENV}={ep.name}).")
-            reg.experts[spec.name] = Registered(spec, dist, ep.name)
+        for kind, found, table in (("policy", specs, reg.policies),
+                                   ("expert", expert_specs, reg.experts)):
+            for spec in found:
+                other = table.get(spec.name)
+                if other is not None:
+                    raise PluginError(
+                        f"{kind} {spec.name!r} is offered by two plugins, {other.origin} and "
+                        f"{origin}; uninstall or disable one of them ({DISABLE_ENV}="
+                        f"{other.entry_point} or {DISABLE_ENV}={ep.name}).")
+                table[spec.name] = Registered(spec, dist, ep.name)
 
     unmatched = wanted_off - matched_off
     if unmatched:
