@@ -1,6 +1,6 @@
 """A linear baseline for a mode: ridge regression from the last K input frames to the target.
 
-Same clips, same train/val split (``split_clips`` with the seed and train_frac of the config),
+Same clips, same train/val split (``split_store`` with the seed and train_frac of the config),
 same one-step-ahead targets as ``ncssm-train``; it prints the val R^2 (mean over target dims,
 and variance-weighted), so a trained model's R^2 can be read against it.
 
@@ -13,7 +13,8 @@ import argparse
 
 import numpy as np
 
-from ncssm_data import ClipStore, get_mode, split_clips
+from ncssm_data import ClipStore, get_mode
+from ncssm_data.dataset import split_store
 from ncssm_data.modes import read_source
 
 
@@ -55,7 +56,7 @@ def main() -> None:
     store, mode = ClipStore(args.root_dir), get_mode(args.mode)
     n_syl = 1 + max(int(store.read(i, "syllables").max()) for i in range(len(store))) \
         if "syllables" in mode.x_in else 0
-    train, val = split_clips(len(store), args.train_frac, args.seed)
+    train, val = split_store(store, args.train_frac, args.seed)
     print(f"{args.mode}: {mode.x_in} -> {mode.x_tgt}, {len(train)} train / {len(val)} val clips "
           f"of {args.root_dir}")
     for lags in args.lags:
