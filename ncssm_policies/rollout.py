@@ -506,7 +506,7 @@ def _experts(baselines, policy, expert: str) -> dict:
 
     reg = registry()
     out = {}
-    names = [*baselines, *([policy] if isinstance(policy, str) and not _is_path(policy) else [])]
+    names = [*baselines, *([policy] if isinstance(policy, str) else [])]
     for b in names:
         if isinstance(b, ExpertSpec):
             out[b.name] = b
@@ -521,10 +521,6 @@ def _experts(baselines, policy, expert: str) -> dict:
             raise ValueError(f"Unknown baseline {b!r}; expected zero, expert or a registered "
                              f"expert ({', '.join(sorted(reg.experts))}).")
     return out
-
-
-def _is_path(text: str) -> bool:
-    return any(c in text for c in "/\\*") or Path(text).exists()
 
 
 def autonomous(mode: Mode) -> bool:
