@@ -57,7 +57,9 @@ class TrainConfig:
     on the built-in clips plus ``dart_copies`` DART rollouts of each by the registered expert
     ``dart_expert`` executing its control plus Gaussian noise of that std (made on first use
     and cached; :mod:`ncssm_env.dart`); for a clip folder of your own, write them into it with
-    ``ncssm-data dart``.
+    ``ncssm-data dart``. ``dagger`` (None: off), for a mode that acts: ``{rounds, episodes,
+    beta, expert}`` (defaults :data:`ncssm_policies.dagger.DEFAULTS`); see
+    :mod:`ncssm_policies.dagger`.
 
     Checkpoints: every ``ckpt_freq`` epochs (and at the end), the last ``keep_ckpts`` kept,
     plus the best: by val loss (``select: val_loss``), or, for a mode that acts, by the
@@ -121,6 +123,7 @@ class TrainConfig:
     dart_noise: float | None = None
     dart_copies: int = 1
     dart_expert: str = "replay"
+    dagger: dict | None = None
     # checkpoints
     ckpt_dir: str | None = None
     keep_ckpts: int = 2
@@ -282,6 +285,10 @@ def _check_values(cfg: TrainConfig) -> None:
                               "(clip_dir null); for your clips write them into the folder with "
                               f"'ncssm-data dart --clip-dir {cfg.clip_dir} --noise "
                               f"{cfg.dart_noise:g}' and leave dart_noise null.")
+    if cfg.dagger is not None:
+        from ncssm_policies.dagger import check_settings
+
+        check_settings(cfg)
     if cfg.dart_copies < 1:
         raise ConfigError(f"Config key 'dart_copies' must be >= 1, got {cfg.dart_copies!r}.")
     if not cfg.name or any(c in cfg.name for c in "/\\") or cfg.name in (".", ".."):

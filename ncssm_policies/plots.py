@@ -65,3 +65,37 @@ def pred_vs_true(model, params, batch, normalizer, mmode: str, out: Path, n_dims
     fig.savefig(out, dpi=100)
     plt.close(fig)
     return out
+
+
+def dagger_curve(metrics: Path, out: Path, final: dict | None, final_frames: int) -> Path:
+    """DAgger: the closed-loop return score and survival of the policy that collected each
+    round, and of the final one (``final``, the end-of-run evaluation, if any), against the
+    training frames it had been trained on; each round's kept rollout frames as bars."""
+    plt = _pyplot()
+    rows = [json.loads(line) for line in Path(metrics).read_text().splitlines()]
+    rows = sorted({r["dagger_round"]: r for r in rows if "dagger_round" in r}.values(),
+                  key=lambda r: r["dagger_round"])
+    seen = [r["train_frames"] - r["dagger_frames"] for r in rows]  # before the round's data
+    score = [r["closed_loop_score"] for r in rows]
+    surv = [r["survival"] for r in rows]
+    labels = [f"round {r['dagger_round']}" for r in rows]
+    if final:
+        seen.append(final_frames)
+        score.append(final["score_return"])
+        surv.append(final["survival"])
+        labels.append("final")
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
+    ax.plot(seen, score, "o-", label="return score (zero 0, expert 1)")
+    ax.plot(seen, surv, "s--", label="survival")
+    for x, y, text in zip(seen, score, labels):
+        ax.annotate(text, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    ax.set_xlabel("training frames before the round")
+    ax.set_title("closed loop on the val clips")
+    ax.legend()
+    bx.bar([r["dagger_round"] for r in rows], [r["dagger_frames"] for r in rows])
+    bx.set_xlabel("round")
+    bx.set_ylabel("frames")
+    bx.set_title("frames labelled by the expert and kept, per round")
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out

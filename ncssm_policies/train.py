@@ -275,16 +275,21 @@ def train(cfg: TrainConfig, run_dir: str | Path | None = None, progress: bool = 
 
     normalizer = ckpt.norm_from_json(saved["norm"]) if saved else None
     train_ds, val_ds = make_datasets(cfg, clip_dir, normalizer, resume[1] if resume else 0)
+    setup = Setup(cfg, run_dir, ckpt_root, clip_dir, train_ds, val_ds, {}, resume, saved)
     try:
-        dims = data_dims(cfg, train_ds)
+        setup.dims = dims = data_dims(cfg, train_ds)
         if saved and saved["meta"].get("dims") != dims:
             raise ckpt.CheckpointError(
                 f"Checkpoint {ckpt_root} was trained on data of dims {saved['meta'].get('dims')}, "
                 f"but {clip_dir} gives {dims}.")
-        return run(Setup(cfg, run_dir, ckpt_root, clip_dir, train_ds, val_ds, dims, resume,
-                         saved), progress, plots)
+        if cfg.dagger is not None:
+            from ncssm_policies import dagger
+
+            dagger.check_clips(train_ds.store, clip_dir)
+            dagger.make_expert(cfg, train_ds.store.body or "rodent")  # refused before training
+        return run(setup, progress, plots)
     finally:
-        train_ds.close()
+        setup.train_ds.close()
         val_ds.close()
 
 
@@ -318,6 +323,8 @@ def run(setup: Setup, progress: bool = True, plots: bool = True) -> RunResult:
                disable=not progress, dynamic_ncols=True)
     train_loss, val_loss, r2 = float("nan"), float("nan"), {}
     try:
+        rounds = None if cfg.dagger is None else _dagger_resume(setup, model, state, start,
+                                                                 logger)
         for epoch in range(start // cfg.iters_per_epoch, cfg.epochs):
             train_loss = _train_epoch(setup, state, epoch, train_step, put_batch, lr_schedule,
                                       logger, bar)
@@ -328,7 +335,11 @@ def run(setup: Setup, progress: bool = True, plots: bool = True) -> RunResult:
                         "val_loss": val_loss, "val_r2": r2["mean"]})
             bar.set_postfix(loss=f"{train_loss:.4g}", val=f"{val_loss:.4g}")
             score = _closed_loop_score(setup, model, state, epoch, step, logger)
-            _save(setup, state, manager, epoch, step, train_loss, val_loss, norm_json, score)
+            _save(setup, state, manager, epoch, step, train_loss, val_loss, norm_json, score,
+                  force=rounds is not None and epoch + 1 in rounds)
+            if rounds is not None and epoch + 1 in rounds:
+                _dagger_round(setup, model, state, rounds.index(epoch + 1) + 1, epoch + 1,
+                              logger, score)
     finally:
         bar.close()
         logger.close()
@@ -392,32 +403,104 @@ def _train_epoch(setup: Setup, state: State, epoch: int, train_step, put_batch, 
     return epoch_loss
 
 
+def _policy(setup: Setup, model, state: State, step: int):
+    from ncssm_policies.checkpoint import LoadedPolicy
+
+    return LoadedPolicy(model, state.params, setup.train_ds.normalizer, setup.cfg, setup.dims,
+                        step, setup.run_dir)
+
+
+def _closed_loop(setup: Setup, model, state: State, step: int) -> dict:
+    """The closed-loop scores of the current params on the val clips (one fixed plan of
+    ``eval_episodes`` episodes, beside zero action and the expert): ``closed_loop_score``
+    (the return score), ``survival`` and ``score_joints``."""
+    from ncssm_policies.rollout import evaluate
+
+    cfg = setup.cfg
+    s = evaluate(_policy(setup, model, state, step), num_envs=min(cfg.eval_envs, cfg.eval_episodes),
+                 episodes=cfg.eval_episodes, seed=cfg.seed, behaviour=False).summary
+    return {"closed_loop_score": float(s["score_return"]), "survival": s["survival"],
+            "score_joints": s["score_joints"]}
+
+
 def _closed_loop_score(setup: Setup, model, state: State, epoch: int, step: int,
-                       logger) -> float | None:
+                       logger) -> dict | None:
     """With ``select: closed_loop``, on every ``eval_every``-th epoch and the last: the
-    closed-loop return score of the current params on the val clips (one fixed plan of
-    ``eval_episodes`` episodes, beside zero action and the expert), logged; else None."""
+    :func:`_closed_loop` scores, logged; else None."""
     cfg = setup.cfg
     if cfg.select != "closed_loop" or ((epoch + 1) % cfg.eval_every and epoch + 1 != cfg.epochs):
         return None
-    from ncssm_policies.checkpoint import LoadedPolicy
-    from ncssm_policies.rollout import evaluate
+    scores = _closed_loop(setup, model, state, step)
+    logger.log({"step": step, "epoch": epoch, **scores})
+    return scores
 
-    pol = LoadedPolicy(model, state.params, setup.train_ds.normalizer, cfg, setup.dims, step,
-                       setup.run_dir)
-    ev = evaluate(pol, num_envs=min(cfg.eval_envs, cfg.eval_episodes),
-                  episodes=cfg.eval_episodes, seed=cfg.seed, behaviour=False)
-    s = ev.summary
-    logger.log({"step": step, "epoch": epoch, "closed_loop_score": s["score_return"],
-                "survival": s["survival"], "score_joints": s["score_joints"]})
-    return float(s["score_return"])
+
+# ----------------------------------------------------------------------------------------------
+# DAgger (ncssm_policies.dagger)
+# ----------------------------------------------------------------------------------------------
+
+
+def _use_aggregate(setup: Setup, agg, step: int) -> None:
+    """Train from the aggregated clips from batch ``step`` on (same normalizer)."""
+    from ncssm_data.dataset import ClipDataset
+
+    cfg, old = setup.cfg, setup.train_ds
+    setup.train_ds = ClipDataset(agg.dir, batch_size=cfg.batch_size, split="train",
+                                 train_frac=cfg.train_frac, seg_len=cfg.seg_len,
+                                 preload=cfg.preload, mmode=cfg.mmode, seed=cfg.seed,
+                                 syllable_key=cfg.syllable_key, noise_std=cfg.noise_std,
+                                 normalizer=old.normalizer, n_syllables=old.n_syllables,
+                                 start_step=step)
+    old.close()
+
+
+def _dagger_resume(setup: Setup, model, state: State, start: int, logger) -> list[int]:
+    """The round epochs. On resume: the rounds committed by the resumed epoch are kept (and
+    trained on), anything else a round wrote is removed, and a round due at this very epoch
+    (killed before its commit) runs again with the restored params."""
+    from ncssm_policies import dagger
+
+    cfg = setup.cfg
+    rounds = dagger.round_epochs(cfg)
+    done = start // cfg.iters_per_epoch
+    if done == 0:
+        return rounds
+    agg = dagger.Aggregate(setup.run_dir, setup.clip_dir)
+    kept = agg.prepare(done)
+    if done in rounds and all(r["epoch"] != done for r in kept):
+        _dagger_round(setup, model, state, rounds.index(done) + 1, done, logger, None)
+    elif kept:
+        _use_aggregate(setup, agg, start)
+    return rounds
+
+
+def _dagger_round(setup: Setup, model, state: State, k: int, epoch: int, logger,
+                  scores: dict | None) -> None:
+    """Round ``k`` after ``epoch`` epochs: roll out, label, commit, log (with the closed-loop
+    scores of the policy that collected it), and train on the aggregate from here on."""
+    from ncssm_policies import dagger
+
+    cfg = setup.cfg
+    step = epoch * cfg.iters_per_epoch
+    agg = dagger.Aggregate(setup.run_dir, setup.clip_dir)
+    agg.prepare(epoch - 1)  # drops a killed attempt at this round
+    rec = dagger.run_round(_policy(setup, model, state, step), cfg, agg, k, epoch, step)
+    _use_aggregate(setup, agg, step)
+    scores = scores or _closed_loop(setup, model, state, step)
+    ds = setup.train_ds
+    logger.log({"step": step, "epoch": epoch - 1, "dagger_round": k,
+               "dagger_episodes": rec["episodes"], "dagger_clips": len(rec["clips"]),
+               "dagger_frames": rec["frames"], "dagger_total_frames": agg.frames(),
+               "dagger_short": rec["short"], "dagger_rollout_survival": rec["rollout_survival"],
+               "train_frames": int(ds.store.lengths[ds.clip_ids].sum()), **scores})
 
 
 def _save(setup: Setup, state: State, manager, epoch: int, step: int, train_loss: float,
-          val_loss: float, norm_json, score: float | None = None) -> None:
+          val_loss: float, norm_json, scores: dict | None = None, force: bool = False) -> None:
     """The epoch's checkpoints: ``best`` when the val loss improved (or, with ``select:
-    closed_loop``, the closed-loop ``score``), ``periodic`` every ``ckpt_freq`` epochs and at
-    the end."""
+    closed_loop``, the closed-loop score of ``scores``), ``periodic`` every ``ckpt_freq``
+    epochs, at the end, and when ``force`` (before a DAgger round)."""
+    score = None if scores is None else scores["closed_loop_score"]
     cfg = setup.cfg
     saved = {"opt_state": state.opt_state, "key": state.key, "step": np.asarray(step, np.int64)}
     meta = {"dims": setup.dims, "epoch": epoch + 1, "step": step, "val_loss": val_loss,
@@ -432,7 +515,7 @@ def _save(setup: Setup, state: State, manager, epoch: int, step: int, train_loss
     state.best_val = min(state.best_val, val_loss)
     if better:
         manager.save("best", step, state.params, saved, cfg, norm_json, meta)
-    if (epoch + 1) % cfg.ckpt_freq == 0 or epoch + 1 == cfg.epochs:
+    if force or (epoch + 1) % cfg.ckpt_freq == 0 or epoch + 1 == cfg.epochs:
         manager.save("periodic", step, state.params, saved, cfg, norm_json, meta)
 
 
@@ -462,6 +545,12 @@ def _finish(setup: Setup, result: RunResult, model, params, val_batch, metrics_p
                       episodes=cfg.eval_episodes, seed=cfg.seed, progress=progress,
                       behaviour=False)
         result.closed_loop = summary["closed_loop"] = ev.summary
+    if plots and cfg.dagger is not None:
+        from ncssm_policies import plots as plotting
+
+        result.paths["dagger"] = str(plotting.dagger_curve(
+            metrics_path, run_dir / "dagger.png", result.closed_loop,
+            int(setup.train_ds.store.lengths[setup.train_ds.clip_ids].sum())))
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     result.paths["summary"] = str(run_dir / "summary.json")
     return result
