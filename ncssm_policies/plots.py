@@ -67,32 +67,30 @@ def pred_vs_true(model, params, batch, normalizer, mmode: str, out: Path, n_dims
     return out
 
 
-def dagger_curve(metrics: Path, out: Path, final: dict | None, final_frames: int) -> Path:
-    """DAgger: the closed-loop return score and survival of the policy that collected each
-    round, and of the final one (``final``, the end-of-run evaluation, if any), against the
-    training frames it had been trained on; each round's kept rollout frames as bars."""
+def dagger_curve(metrics: Path, out: Path) -> Path:
+    """DAgger: the closed-loop return score and survival (val clips) of the policy that
+    collected each round and of the final params, against the training frames each had been
+    trained on; each round's kept rollout frames as bars."""
     plt = _pyplot()
     rows = [json.loads(line) for line in Path(metrics).read_text().splitlines()]
-    rows = sorted({r["dagger_round"]: r for r in rows if "dagger_round" in r}.values(),
-                  key=lambda r: r["dagger_round"])
-    seen = [r["train_frames"] - r["dagger_frames"] for r in rows]  # before the round's data
-    score = [r["closed_loop_score"] for r in rows]
-    surv = [r["survival"] for r in rows]
-    labels = [f"round {r['dagger_round']}" for r in rows]
-    if final:
-        seen.append(final_frames)
-        score.append(final["score_return"])
-        surv.append(final["survival"])
-        labels.append("final")
+    rounds = sorted({r["dagger_round"]: r for r in rows if "dagger_round" in r}.values(),
+                    key=lambda r: r["dagger_round"])
+    points = [(r["train_frames"] - r["dagger_frames"], r, f"round {r['dagger_round']}")
+              for r in rounds]
+    points += [(r["train_frames"], r, "end") for r in rows if r.get("dagger_final")][-1:]
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
-    ax.plot(seen, score, "o-", label="return score (zero 0, expert 1)")
-    ax.plot(seen, surv, "s--", label="survival")
-    for x, y, text in zip(seen, score, labels):
-        ax.annotate(text, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
-    ax.set_xlabel("training frames before the round")
+    x = [p[0] for p in points]
+    ax.plot(x, [p[1]["closed_loop_score"] for p in points], "o-",
+            label="return score (zero 0, expert 1)")
+    ax.plot(x, [p[1]["survival"] for p in points], "s--", label="survival")
+    for xi, r, text in points:
+        ax.annotate(text, (xi, r["closed_loop_score"]), textcoords="offset points",
+                    xytext=(4, 4), fontsize=8)
+    ax.set_xlabel("training frames of the policy")
     ax.set_title("closed loop on the val clips")
     ax.legend()
-    bx.bar([r["dagger_round"] for r in rows], [r["dagger_frames"] for r in rows])
+    bx.bar([r["dagger_round"] for r in rounds], [r["dagger_frames"] for r in rounds])
+    bx.set_xticks([r["dagger_round"] for r in rounds])
     bx.set_xlabel("round")
     bx.set_ylabel("frames")
     bx.set_title("frames labelled by the expert and kept, per round")

@@ -340,6 +340,11 @@ def run(setup: Setup, progress: bool = True, plots: bool = True) -> RunResult:
             if rounds is not None and epoch + 1 in rounds:
                 _dagger_round(setup, model, state, rounds.index(epoch + 1) + 1, epoch + 1,
                               logger, score)
+            if rounds is not None and epoch + 1 == cfg.epochs:  # the last point of dagger.png
+                ds = setup.train_ds
+                logger.log({"step": step, "epoch": epoch, "dagger_final": True,
+                            "train_frames": int(ds.store.lengths[ds.clip_ids].sum()),
+                            **(score or _closed_loop(setup, model, state, step))})
     finally:
         bar.close()
         logger.close()
@@ -548,9 +553,7 @@ def _finish(setup: Setup, result: RunResult, model, params, val_batch, metrics_p
     if plots and cfg.dagger is not None:
         from ncssm_policies import plots as plotting
 
-        result.paths["dagger"] = str(plotting.dagger_curve(
-            metrics_path, run_dir / "dagger.png", result.closed_loop,
-            int(setup.train_ds.store.lengths[setup.train_ds.clip_ids].sum())))
+        result.paths["dagger"] = str(plotting.dagger_curve(metrics_path, run_dir / "dagger.png"))
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     result.paths["summary"] = str(run_dir / "summary.json")
     return result

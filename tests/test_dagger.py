@@ -80,6 +80,8 @@ def test_dagger_aggregates_and_resumes_exactly_after_sigkill(test_clips, tmp_pat
     assert [r["dagger_round"] for r in logged] == [1, 2]
     assert logged[1]["train_frames"] == logged[0]["train_frames"] + logged[1]["dagger_frames"]
     assert all(np.isfinite(r["closed_loop_score"]) for r in logged)
+    final = [r for r in rows if r.get("dagger_final")]
+    assert len(final) == 1 and final[0]["train_frames"] == logged[1]["train_frames"]
     assert (straight.run_dir / "dagger.png").stat().st_size > 0
     with ClipStore(straight.run_dir / FOLDER) as store:
         n = len(store) - len(written)

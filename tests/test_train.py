@@ -59,10 +59,12 @@ def test_shipped_configs_cover_the_modes():
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
 def test_every_config_trains_two_steps(path, test_clips, tmp_path):
-    cfg = load_config(path, [f"clip_dir={test_clips}", "epochs=1", "iters_per_epoch=2",
-                             "val_steps=1", "batch_size=2", "seg_len=20",
-                             f"runs_dir={tmp_path}", "eval_episodes=2", "eval_envs=2",
-                             "dart_noise=null"])  # (DART on the built-in clips: test_dart.py)
+    small = [f"clip_dir={test_clips}", "epochs=1", "iters_per_epoch=2", "val_steps=1",
+             "batch_size=2", "seg_len=20", f"runs_dir={tmp_path}", "eval_episodes=2",
+             "eval_envs=2", "dart_noise=null"]  # (DART on the built-in clips: test_dart.py)
+    if load_config(path).dagger is not None:  # one round of two episodes after epoch 1
+        small += ["epochs=2", "iters_per_epoch=1", "dagger={rounds: 1, episodes: 2}"]
+    cfg = load_config(path, small)
     result = train(cfg, progress=False, plots=False)
     assert result.step == 2 and np.isfinite(result.val_loss)
     assert load_policy(result.run_dir).config == cfg
