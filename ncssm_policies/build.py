@@ -27,8 +27,9 @@ def policy_hparams(cfg: TrainConfig) -> dict:
     """The keyword arguments ``make(out_dim, **hparams)`` of ``cfg.model_type`` receives.
 
     Every policy gets ``d_model`` and ``n_layers``; S5 and Mamba get their layer keys (and
-    ``dropout``) as ``layer_kwargs``, with ``model_kwargs`` merged in; a plugin's policy gets
-    ``model_kwargs`` as they are.
+    ``dropout``) as ``layer_kwargs``, with ``model_kwargs`` merged in, except
+    :data:`POLICY_KWARGS` (``in_frames``), which go to the ``SequencePolicy`` itself; a
+    plugin's policy gets ``model_kwargs`` as they are.
     """
     if cfg.model_type == "s5":
         layer = dict(state_dim=cfg.ssm_size, blocks=cfg.blocks, C_init=cfg.c_init,
@@ -40,8 +41,13 @@ def policy_hparams(cfg: TrainConfig) -> dict:
                      dt_max=cfg.dt_max, dropout=cfg.dropout)
     else:
         return dict(d_model=cfg.d_model, n_layers=cfg.n_layers, **cfg.model_kwargs)
-    return dict(d_model=cfg.d_model, n_layers=cfg.n_layers,
-                layer_kwargs={**layer, **cfg.model_kwargs})
+    kwargs = dict(cfg.model_kwargs)
+    policy = {k: kwargs.pop(k) for k in POLICY_KWARGS if k in kwargs}
+    return dict(d_model=cfg.d_model, n_layers=cfg.n_layers, **policy,
+                layer_kwargs={**layer, **kwargs})
+
+
+POLICY_KWARGS = ("in_frames",)  # model_kwargs of S5 and Mamba that go to SequencePolicy
 
 
 def build_model(cfg: TrainConfig, dims: dict):

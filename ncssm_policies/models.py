@@ -46,6 +46,12 @@ class SequencePolicy(nn.Module):
 
     ``layer_kwargs`` go to every block (e.g. ``state_dim`` for S5, ``d_state`` for Mamba). The
     carry is a tuple with one entry per block.
+
+    ``in_frames`` K > 1 lets the encoder read the last K frames: the encoded frame h_t
+    (d_model) gets ``Dense(concat(h_t - h_{t-1}, ..., h_{t-K+2} - h_{t-K+1}))`` added (zero
+    at init, frames before the first are zeros), the finite differences a linear model on K
+    frames reads velocities and accelerations from. The carry is then ``(last K - 1 encoded
+    frames (B, K - 1, d_model), block carries)``.
     """
 
     out_dim: int
@@ -53,6 +59,7 @@ class SequencePolicy(nn.Module):
     d_model: int = 128
     n_layers: int = 4
     layer_kwargs: Any = None
+    in_frames: int = 1
 
     def setup(self):
         if self.n_layers < 1 or self.d_model < 1 or self.out_dim < 1:
@@ -62,36 +69,57 @@ class SequencePolicy(nn.Module):
             )
         block = _layer_class(self.layer)
         kwargs = dict(self.layer_kwargs or {})
+        if self.in_frames < 1:
+            raise ValueError(f"in_frames must be >= 1, got {self.in_frames}.")
         self.encoder = nn.Dense(self.d_model)
+        if self.in_frames > 1:
+            self.frames = nn.Dense(self.d_model, kernel_init=nn.initializers.zeros)
         self.blocks = [block(d_model=self.d_model, **kwargs) for _ in range(self.n_layers)]
         self.decoder = nn.Dense(self.out_dim)
 
     def __call__(self, x, train: bool = False):
         return self.forward(self.initialize_carry(x.shape[0]), x, train)[1]
 
-    def forward(self, carry, x, train: bool = False):
+    def _encode(self, carry, x):
+        """Encoded frames (B, T, d_model) and the block carries, with the frame buffer
+        advanced when ``in_frames`` > 1."""
         h = self.encoder(x)
+        if self.in_frames == 1:
+            return None, carry, h
+        buf, carry = carry
+        K, T = self.in_frames, h.shape[1]
+        hp = jnp.concatenate([buf.astype(h.dtype), h], axis=1)  # (B, K - 1 + T, d_model)
+        diffs = [hp[:, K - 1 - k: K - 1 - k + T] - hp[:, K - 2 - k: K - 2 - k + T]
+                 for k in range(K - 1)]
+        return hp[:, -(K - 1):], carry, h + self.frames(jnp.concatenate(diffs, axis=-1))
+
+    def forward(self, carry, x, train: bool = False):
+        buf, carry, h = self._encode(carry, x)
         new = []
         for blk, c in zip(self.blocks, carry):
             c, h = blk(h, c, train=train)
             new.append(c)
-        return tuple(new), self.decoder(h)
+        return (tuple(new) if buf is None else (buf, tuple(new))), self.decoder(h)
 
     def initialize_carry(self, batch_size: int):
         block = _layer_class(self.layer)
         kwargs = dict(self.layer_kwargs or {})
-        return tuple(
+        blocks = tuple(
             block(d_model=self.d_model, **kwargs, parent=None).initialize_carry(batch_size)
             for _ in range(self.n_layers)
         )
+        if self.in_frames == 1:
+            return blocks
+        return jnp.zeros((batch_size, self.in_frames - 1, self.d_model), jnp.float32), blocks
 
     def step(self, carry, x_t):
-        h = self.encoder(x_t)
+        buf, carry, h = self._encode(carry, x_t[:, None])
+        h = h[:, 0]
         new = []
         for blk, c in zip(self.blocks, carry):
             c, h = blk.step(c, h)
             new.append(c)
-        return tuple(new), self.decoder(h)
+        return (tuple(new) if buf is None else (buf, tuple(new))), self.decoder(h)
 
 
 class Controller(nn.Module):

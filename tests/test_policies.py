@@ -106,3 +106,33 @@ def test_unknown_mode_and_layer():
 
     with pytest.raises(ValueError, match="Unknown sequence layer 'lstm'"):
         SequencePolicy(out_dim=2, layer="lstm").init(jax.random.PRNGKey(0), jnp.zeros((1, 2, 3)))
+
+
+def test_in_frames_reads_the_last_frames_causally():
+    """``in_frames`` (S5 and Mamba through ``model_kwargs``): at init the policy is the plain
+    one with the same params; with a trained-looking frames kernel the step form equals the
+    parallel form, chunks chain through the frame buffer, and the output stays causal."""
+    from ncssm_policies.models import SequencePolicy
+
+    kw = dict(out_dim=3, layer="s5", d_model=16, n_layers=2, layer_kwargs={"state_dim": 8})
+    model, plain = SequencePolicy(in_frames=3, **kw), SequencePolicy(**kw)
+    x = jax.random.normal(jax.random.PRNGKey(0), (B, 32, 5))
+    params = model.init(jax.random.PRNGKey(1), x[:, :4])
+    base = {"params": {k: v for k, v in params["params"].items() if k != "frames"}}
+    np.testing.assert_allclose(model.apply(params, x), plain.apply(base, x), rtol=1e-6)
+    frames = params["params"]["frames"]
+    params = {"params": {**params["params"], "frames": {
+        **frames, "kernel": jax.random.normal(jax.random.PRNGKey(2), frames["kernel"].shape)}}}
+    y = model.apply(params, x)
+    carry, ys = model.initialize_carry(B), []
+    assert carry[0].shape == (B, 2, 16)
+    for t in range(32):
+        carry, y_t = model.apply(params, carry, x[:, t], method="step")
+        ys.append(y_t)
+    np.testing.assert_allclose(jnp.stack(ys, 1), y, rtol=1e-4, atol=1e-5)
+    c, y1 = model.apply(params, model.initialize_carry(B), x[:, :13], method="forward")
+    _, y2 = model.apply(params, c, x[:, 13:], method="forward")
+    np.testing.assert_allclose(jnp.concatenate([y1, y2], 1), y, rtol=1e-4, atol=1e-5)
+    late = model.apply(params, x.at[:, 13:].add(1.0))
+    np.testing.assert_allclose(late[:, :13], y[:, :13], rtol=1e-6)
+    assert not np.allclose(late[:, 13:], y[:, 13:])
