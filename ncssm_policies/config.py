@@ -34,7 +34,9 @@ class TrainConfig:
     modeling mode (:data:`ncssm_data.MODES`). S5 reads ``ssm_size`` (P), ``blocks``, ``c_init``,
     ``discretization``, ``dt_min``/``dt_max``, ``conj_sym``, ``clip_eigs``, ``bidirectional``;
     Mamba reads ``d_state`` (N), ``expand``, ``dt_min``/``dt_max``. ``model_kwargs`` go to the
-    policy's ``make`` as they are (a plugin's own hyper-parameters). The controller
+    policy's ``make`` as they are (a plugin's own hyper-parameters); for S5 and Mamba they go
+    to every block (S5's ``conv_width``, say), except ``in_frames``, which goes to the
+    ``SequencePolicy`` (its encoder reads the last K frames). The controller
     (``state_intention_controller``) adds ``int_dim`` (None: the width of the clips'
     ``/latent_mean``) and ``decoder_hidden``; the syllable controller ``embed_dim``.
 

@@ -68,6 +68,9 @@ def check_settings(cfg) -> None:
         raise ConfigError(f"Config key 'dagger' asks for DAgger, but mode {cfg.mmode!r} does not "
                           f"act, so there are no actions for an expert to label; use a mode "
                           f"that acts or dagger: null.")
+    if cfg.test_batch:
+        raise ConfigError("Config key 'dagger' rolls the policy out on the training clips, "
+                          "which test_batch: true replaces by one segment; use one or the other.")
     if cfg.epochs < s["rounds"] + 1:
         raise ConfigError(f"Config key 'dagger' asks for {s['rounds']} rounds, which need "
                           f"epochs >= {s['rounds'] + 1} (a round after every epochs / "

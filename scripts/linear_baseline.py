@@ -102,8 +102,8 @@ def main() -> None:
         W = np.linalg.solve(A.T @ A + args.ridge * np.eye(A.shape[1]), A.T @ Y)
         Xv, Yv = (np.concatenate(a) for a in zip(*(frames(store, i, mode, lags, n_syl) for i in val)))
         mean, weighted = r2(np.c_[(Xv - mu) / sd, np.ones(len(Xv))] @ W, Yv)
-        print(f"  ridge on the last {lags:2d} frames: val R2 {mean:.3f} (mean over dims), "
-              f"{weighted:.3f} (variance-weighted)")
+        print(f"  ridge on the last {lags:2d} frames: val R2 {mean:.4f} (mean over dims), "
+              f"{weighted:.4f} (variance-weighted)")
     for run in args.policy:
         path, preds = policy_predictions(run, store, mode, val)
         targets = [read_source(store, int(i), mode.x_tgt, 0, None)[1:] for i in val]
@@ -111,7 +111,7 @@ def main() -> None:
         for lags in args.lags:  # the frames of that ridge fit: targets K..T-1
             pred = np.concatenate([p[lags - 1:] for p in preds])
             scores.append(r2(pred, np.concatenate([t[lags - 1:] for t in targets])))
-        shown = " / ".join(f"{m:.3f}" for m, _ in scores)
+        shown = " / ".join(f"{m:.4f}" for m, _ in scores)
         print(f"  {path}: val R2 {shown} (mean over dims) on the frames of ridge K = "
               f"{' / '.join(str(k) for k in args.lags)}")
 

@@ -99,6 +99,7 @@ def test_dagger_refusals_are_one_sentence(test_clips, tmp_path):
         (dict(dagger={"round": 2}), "unknown key 'round'; known keys: rounds, episodes"),
         (dict(dagger={"beta": 1.5}), r"'dagger.beta' must be a probability in \[0, 1\]"),
         (dict(dagger={"rounds": 3}), "3 rounds, which need epochs >= 4"),
+        (dict(test_batch=True), "test_batch: true replaces by one segment"),
     ):
         with pytest.raises(ConfigError, match=match) as err:
             TrainConfig(**{**base, **changes})

@@ -137,6 +137,16 @@ def test_run_folder_holds_what_the_readme_lists(tiny):
     assert summary["target"] == "ctrl" and len(summary["val_r2"]["per_dim"]) == 4
     assert [m["step"] for m in metrics(result.run_dir) if "val_loss" in m] == [3, 6]
 
+    # scripts/linear_baseline.py scores the run on the frames of each ridge fit
+    out = subprocess.run([sys.executable, str(REPO / "scripts" / "linear_baseline.py"),
+                          "--root-dir", tiny.clip_dir, "--lags", "1", "3", "--policy",
+                          str(result.run_dir)], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    line = [x for x in out.stdout.splitlines() if "on the frames of ridge K = 1 / 3" in x]
+    assert len(line) == 1 and "checkpoints/best/" in line[0]
+    values = [float(v) for v in line[0].split("val R2 ")[1].split(" (")[0].split(" / ")]
+    assert len(values) == 2 and all(np.isfinite(v) and v <= 1 for v in values)
+
 
 def test_syllable_mode_trains_and_evaluates_on_arhmm_labels(tiny, test_clips, tmp_path):
     """syllable_key picks the label dataset in training and in the closed-loop evaluation; the
