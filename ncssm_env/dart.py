@@ -25,20 +25,21 @@ from ncssm_data import ClipStore, write_clip
 from ncssm_env.vector import TrackVectorEnv
 
 
-def track(clip_dir, ids, starts, expert, make_control, noise=None, seed: int = 0,
-          window: int = 5, body: str | None = None) -> tuple[list[dict], int]:
+def track(clip_dir, ids, starts, expert, make_control, seed: int = 0, window: int = 5,
+          body: str | None = None) -> tuple[list[dict], int]:
     """Roll out one episode per entry of ``ids`` (nominal clip indices of ``clip_dir``), env i
-    from frame ``starts[i]`` of its clip (joint offsets ``noise`` (N, nq - 7), or drawn from
-    ``seed`` when None), to the clip's end or a termination. At each step the ``expert``
+    from frame ``starts[i]`` of its clip (the task's reset noise drawn from ``seed``), to the
+    clip's end or a termination. At each step the ``expert``
     (``make(model)``) gives the label ``a_star`` (N, nu), clipped to the range, and
     ``control(obs, a_star, slot, frame) -> (N, nu)`` the control executed (then clipped to
     the range), where ``control = make_control(env)`` for the
     :class:`~ncssm_env.vector.TrackVectorEnv` of the rollouts; ``slot`` (N,) indexes the env's
     clips, ``frame`` (N,) is each env's clip frame.
 
-    Returns ``(rollouts, K)``: the task's K, and per episode the arrays of the module docstring (``obs``, ``qpos``, ``qvel``,
-    ``act``, ``ctrl``, ``ctrl_expert``, and the nominal clip's ``latent_mean`` and
-    ``syllables`` frame by frame) of every frame it visited."""
+    Returns ``(rollouts, K)``: the task's K, and per episode the arrays of the module
+    docstring (``obs``, ``qpos``, ``qvel``, ``act``, ``ctrl``, ``ctrl_expert``, and the
+    nominal clip's ``latent_mean`` and ``syllables`` frame by frame) of every frame it
+    visited."""
     ids = np.asarray(ids, np.int64)
     starts = np.broadcast_to(np.asarray(starts, np.int64), ids.shape)
     with ClipStore(clip_dir) as store:
@@ -50,10 +51,7 @@ def track(clip_dir, ids, starts, expert, make_control, noise=None, seed: int = 0
                          max_episode_steps=None)
     try:
         control = make_control(env)
-        options = {"clip": ids, "start": starts}
-        if noise is not None:
-            options["noise"] = noise
-        obs, _ = env.reset(seed=seed, options=options)
+        obs, _ = env.reset(seed=seed, options={"clip": ids, "start": starts})
         lo, hi = env.single_action_space.low, env.single_action_space.high
         slot = env.slot.copy()
         T = env.lengths[slot]
@@ -128,8 +126,8 @@ def generate_dart(clip_dir, expert, noise: float, copies: int = 1, seed: int = 0
         return a_star + noise * rng.normal(size=a_star.shape)
 
     rollouts, K = track(clip_dir, ids, 0, expert, lambda env: noisy, seed=seed, window=window)
-    counts = write_rollouts(clip_dir, rollouts, ids, min_len=K + 2, start=n,
-                            generator=f"ncssm-data generate --dart {noise:g} (expert {expert_name})")
+    generator = f"ncssm-data generate --dart {noise:g} (expert {expert_name})"
+    counts = write_rollouts(clip_dir, rollouts, ids, generator, min_len=K + 2, start=n)
     counts.pop("paths")
     return counts
 

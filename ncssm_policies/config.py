@@ -60,7 +60,7 @@ class TrainConfig:
     ``dart_expert`` executing its control plus Gaussian noise of that std (made on first use
     and cached; :mod:`ncssm_env.dart`); for a clip folder of your own, write them into it with
     ``ncssm-data dart``. ``dagger`` (None: off), for a mode that acts: ``{rounds, episodes,
-    beta, expert}`` (defaults :data:`ncssm_policies.dagger.DEFAULTS`); see
+    beta, expert}`` (defaults :data:`DAGGER_DEFAULTS`); see
     :mod:`ncssm_policies.dagger`.
 
     Checkpoints: every ``ckpt_freq`` epochs (and at the end), the last ``keep_ckpts`` kept,
@@ -160,6 +160,7 @@ class TrainConfig:
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+DAGGER_DEFAULTS = {"rounds": 3, "episodes": 32, "beta": 0.5, "expert": "replay"}  # dagger: {...}
 LOGGERS = ("jsonl", "tensorboard", "wandb")
 NORM_METHODS = ("zscore", "minmax", "none")
 # The keys that fix the model's parameters: a checkpoint restores only into the same values.
@@ -288,13 +289,43 @@ def _check_values(cfg: TrainConfig) -> None:
                               f"'ncssm-data dart --clip-dir {cfg.clip_dir} --noise "
                               f"{cfg.dart_noise:g}' and leave dart_noise null.")
     if cfg.dagger is not None:
-        from ncssm_policies.dagger import check_settings
-
-        check_settings(cfg)
+        _check_dagger(cfg)
     if cfg.dart_copies < 1:
         raise ConfigError(f"Config key 'dart_copies' must be >= 1, got {cfg.dart_copies!r}.")
     if not cfg.name or any(c in cfg.name for c in "/\\") or cfg.name in (".", ".."):
         raise ConfigError(f"Config key 'name' must be a plain folder name, got {cfg.name!r}.")
+
+
+def _check_dagger(cfg) -> None:
+    """One-sentence :class:`ConfigError` for a ``dagger`` mapping that cannot run."""
+    from ncssm_data.modes import MODES
+
+    unknown = sorted(set(cfg.dagger) - set(DAGGER_DEFAULTS))
+    if unknown:
+        raise ConfigError(f"Config key 'dagger' has unknown key {unknown[0]!r}; known keys: "
+                          f"{', '.join(DAGGER_DEFAULTS)}.")
+    s = {**DAGGER_DEFAULTS, **cfg.dagger}
+    for key in ("rounds", "episodes"):
+        if not (isinstance(s[key], int) and not isinstance(s[key], bool) and s[key] >= 1):
+            raise ConfigError(f"Config key 'dagger.{key}' must be an int >= 1, got {s[key]!r}.")
+    beta = s["beta"]
+    if not (isinstance(beta, (int, float)) and not isinstance(beta, bool) and 0 <= beta <= 1):
+        raise ConfigError(f"Config key 'dagger.beta' must be a probability in [0, 1], got "
+                          f"{beta!r}.")
+    if not (isinstance(s["expert"], str) and s["expert"]):
+        raise ConfigError(f"Config key 'dagger.expert' must name a registered expert, got "
+                          f"{s['expert']!r}.")
+    if cfg.mmode in MODES and not MODES[cfg.mmode].acts:
+        raise ConfigError(f"Config key 'dagger' asks for DAgger, but mode {cfg.mmode!r} does not "
+                          f"act, so there are no actions for an expert to label; use a mode "
+                          f"that acts or dagger: null.")
+    if cfg.test_batch:
+        raise ConfigError("Config key 'dagger' rolls the policy out on the training clips, "
+                          "which test_batch: true replaces by one segment; use one or the other.")
+    if cfg.epochs < s["rounds"] + 1:
+        raise ConfigError(f"Config key 'dagger' asks for {s['rounds']} rounds, which need "
+                          f"epochs >= {s['rounds'] + 1} (a round after every epochs / "
+                          f"(rounds + 1) epochs), but epochs is {cfg.epochs}.")
 
 
 # ----------------------------------------------------------------------------------------------

@@ -33,9 +33,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ncssm_policies.config import DAGGER_DEFAULTS as DEFAULTS
 from ncssm_policies.config import ConfigError
-
-DEFAULTS = {"rounds": 3, "episodes": 32, "beta": 0.5, "expert": "replay"}
 FOLDER = "dagger_clips"
 MANIFEST = "rounds.json"
 
@@ -43,38 +42,6 @@ MANIFEST = "rounds.json"
 def settings(cfg) -> dict:
     """The config's ``dagger`` mapping over :data:`DEFAULTS`."""
     return {**DEFAULTS, **(cfg.dagger or {})}
-
-
-def check_settings(cfg) -> None:
-    """One-sentence :class:`ConfigError` for a ``dagger`` mapping that cannot run."""
-    from ncssm_data.modes import MODES
-
-    unknown = sorted(set(cfg.dagger) - set(DEFAULTS))
-    if unknown:
-        raise ConfigError(f"Config key 'dagger' has unknown key {unknown[0]!r}; known keys: "
-                          f"{', '.join(DEFAULTS)}.")
-    s = settings(cfg)
-    for key in ("rounds", "episodes"):
-        if not (isinstance(s[key], int) and not isinstance(s[key], bool) and s[key] >= 1):
-            raise ConfigError(f"Config key 'dagger.{key}' must be an int >= 1, got {s[key]!r}.")
-    beta = s["beta"]
-    if not (isinstance(beta, (int, float)) and not isinstance(beta, bool) and 0 <= beta <= 1):
-        raise ConfigError(f"Config key 'dagger.beta' must be a probability in [0, 1], got "
-                          f"{beta!r}.")
-    if not (isinstance(s["expert"], str) and s["expert"]):
-        raise ConfigError(f"Config key 'dagger.expert' must name a registered expert, got "
-                          f"{s['expert']!r}.")
-    if cfg.mmode in MODES and not MODES[cfg.mmode].acts:
-        raise ConfigError(f"Config key 'dagger' asks for DAgger, but mode {cfg.mmode!r} does not "
-                          f"act, so there are no actions for an expert to label; use a mode "
-                          f"that acts or dagger: null.")
-    if cfg.test_batch:
-        raise ConfigError("Config key 'dagger' rolls the policy out on the training clips, "
-                          "which test_batch: true replaces by one segment; use one or the other.")
-    if cfg.epochs < s["rounds"] + 1:
-        raise ConfigError(f"Config key 'dagger' asks for {s['rounds']} rounds, which need "
-                          f"epochs >= {s['rounds'] + 1} (a round after every epochs / "
-                          f"(rounds + 1) epochs), but epochs is {cfg.epochs}.")
 
 
 def round_epochs(cfg) -> list[int]:

@@ -75,7 +75,8 @@ def test_dagger_aggregates_and_resumes_exactly_after_sigkill(test_clips, tmp_pat
     assert [r["epoch"] for r in rounds] == [1, 2]
     written = [c for r in rounds for c in r["clips"]]
     assert len(written) == sum(r["episodes"] for r in rounds) - sum(r["short"] for r in rounds) > 0
-    rows = [json.loads(line) for line in (straight.run_dir / "metrics.jsonl").read_text().splitlines()]
+    rows = [json.loads(line)
+            for line in (straight.run_dir / "metrics.jsonl").read_text().splitlines()]
     logged = [r for r in rows if "dagger_round" in r]
     assert [r["dagger_round"] for r in logged] == [1, 2]
     assert logged[1]["train_frames"] == logged[0]["train_frames"] + logged[1]["dagger_frames"]
@@ -87,8 +88,9 @@ def test_dagger_aggregates_and_resumes_exactly_after_sigkill(test_clips, tmp_pat
         n = len(store) - len(written)
         assert (store.dart_of[:n] < 0).all() and (store.dart_of[n:] >= 0).all()
         # beta 0.5: each executed control is the expert's label or the policy's, about half each
-        same = np.concatenate([np.all(store.read(i, "ctrl")[1:] == store.read(i, "ctrl_expert")[1:], axis=1)
-                               for i in range(n, len(store))])
+        same = np.concatenate([
+            np.all(store.read(i, "ctrl")[1:] == store.read(i, "ctrl_expert")[1:], axis=1)
+            for i in range(n, len(store))])
         assert 0.2 < same.mean() < 0.8
 
 
