@@ -194,6 +194,11 @@ class ClipDataset:
             return b - a
         return {"x_in": tuple(width(s) for s in self.mode.x_in), "x_tgt": width(self.mode.x_tgt)}
 
+    @property
+    def frames(self) -> int:
+        """Frames in the clips this dataset samples from."""
+        return int(self._lengths.sum())
+
     def __iter__(self) -> Iterator:
         return self
 

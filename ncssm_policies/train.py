@@ -39,16 +39,27 @@ class TrainingError(RuntimeError):
 def make_datasets(cfg: TrainConfig, root: Path, normalizer, start_step: int):
     from ncssm_data.dataset import ClipDataset
 
-    common = dict(batch_size=cfg.batch_size, train_frac=cfg.train_frac, seg_len=cfg.seg_len,
-                  preload=cfg.preload, test_batch=cfg.test_batch, mmode=cfg.mmode,
-                  clip_idx=cfg.clip_idx, seed=cfg.seed, syllable_key=cfg.syllable_key)
     norm = normalizer if normalizer is not None else (
         None if cfg.norm_method == "none" else cfg.norm_method)
-    train = ClipDataset(root, split="train", noise_std=cfg.noise_std, normalizer=norm,
-                        start_step=start_step, **common)
+    train = train_dataset(cfg, root, norm, start_step)
     val = ClipDataset(root, split="val", normalizer=train.normalizer,
-                      n_syllables=train.n_syllables, **common)
+                      n_syllables=train.n_syllables, **_dataset_args(cfg))
     return train, val
+
+
+def _dataset_args(cfg: TrainConfig) -> dict:
+    return dict(batch_size=cfg.batch_size, train_frac=cfg.train_frac, seg_len=cfg.seg_len,
+                preload=cfg.preload, test_batch=cfg.test_batch, mmode=cfg.mmode,
+                clip_idx=cfg.clip_idx, seed=cfg.seed, syllable_key=cfg.syllable_key)
+
+
+def train_dataset(cfg: TrainConfig, root: Path, normalizer, start_step: int,
+                  n_syllables: int | None = None):
+    """The training :class:`ClipDataset` of ``cfg`` over the clips of ``root``."""
+    from ncssm_data.dataset import ClipDataset
+
+    return ClipDataset(root, split="train", noise_std=cfg.noise_std, normalizer=normalizer,
+                       start_step=start_step, n_syllables=n_syllables, **_dataset_args(cfg))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -341,9 +352,8 @@ def run(setup: Setup, progress: bool = True, plots: bool = True) -> RunResult:
                 _dagger_round(setup, model, state, rounds.index(epoch + 1) + 1, epoch + 1,
                               logger, score)
             if rounds is not None and epoch + 1 == cfg.epochs:  # the last point of dagger.png
-                ds = setup.train_ds
                 logger.log({"step": step, "epoch": epoch, "dagger_final": True,
-                            "train_frames": int(ds.store.lengths[ds.clip_ids].sum()),
+                            "train_frames": setup.train_ds.frames,
                             **(score or _closed_loop(setup, model, state, step))})
     finally:
         bar.close()
@@ -447,15 +457,8 @@ def _closed_loop_score(setup: Setup, model, state: State, epoch: int, step: int,
 
 def _use_aggregate(setup: Setup, agg, step: int) -> None:
     """Train from the aggregated clips from batch ``step`` on (same normalizer)."""
-    from ncssm_data.dataset import ClipDataset
-
-    cfg, old = setup.cfg, setup.train_ds
-    setup.train_ds = ClipDataset(agg.dir, batch_size=cfg.batch_size, split="train",
-                                 train_frac=cfg.train_frac, seg_len=cfg.seg_len,
-                                 preload=cfg.preload, mmode=cfg.mmode, seed=cfg.seed,
-                                 syllable_key=cfg.syllable_key, noise_std=cfg.noise_std,
-                                 normalizer=old.normalizer, n_syllables=old.n_syllables,
-                                 start_step=step)
+    old = setup.train_ds
+    setup.train_ds = train_dataset(setup.cfg, agg.dir, old.normalizer, step, old.n_syllables)
     old.close()
 
 
@@ -492,12 +495,11 @@ def _dagger_round(setup: Setup, model, state: State, k: int, epoch: int, logger,
     rec = dagger.run_round(_policy(setup, model, state, step), cfg, agg, k, epoch, step)
     _use_aggregate(setup, agg, step)
     scores = scores or _closed_loop(setup, model, state, step)
-    ds = setup.train_ds
     logger.log({"step": step, "epoch": epoch - 1, "dagger_round": k,
                "dagger_episodes": rec["episodes"], "dagger_clips": len(rec["clips"]),
                "dagger_frames": rec["frames"], "dagger_total_frames": agg.frames(),
                "dagger_short": rec["short"], "dagger_rollout_survival": rec["rollout_survival"],
-               "train_frames": int(ds.store.lengths[ds.clip_ids].sum()), **scores})
+               "train_frames": setup.train_ds.frames, **scores})
 
 
 def _save(setup: Setup, state: State, manager, epoch: int, step: int, train_loss: float,
