@@ -7,10 +7,12 @@ The core of keypoint-MoSeq (Weinreb et al. 2024), on the clips' own pose feature
    z-scored. PCA and z-score stats come from the training clips only.
 2. **Model.** :class:`dynamax.hidden_markov_model.LinearAutoregressiveHMM` with ``num_states``
    K, ``num_lags`` and stickiness ``kappa`` (added to the Dirichlet prior's diagonal, so EM's
-   MAP transition matrix favours staying). Initialized by k-means.
-3. **Fitting.** EM over the training clips as one batch of equal-length sequences: each clip
-   is cut into pieces of the shortest training clip's length (the remainder is not used for
-   fitting). Clips are never concatenated, so nothing bleeds across clip boundaries.
+   MAP transition matrix favours staying), with two numerical repairs (:func:`make_hmm`,
+   :func:`expected_transitions`): neither changes a clean fit, each removes one way EM went NaN.
+3. **Fitting.** EM over the training clips as one padded, masked batch (every frame used,
+   nothing bleeds across clips), from ``num_restarts`` k-means inits; the best training
+   log-likelihood wins. One compiled EM program per (K, P, lags, batch shape) serves every
+   kappa and restart of a sweep (:func:`programs`).
 4. **Decoding.** The most likely state sequence (Viterbi) of every clip, whole.
 5. **Writing.** The labels go into each clip as the int32 dataset ``out_key`` (default
    ``/syllables_arhmm``), with the model and hyperparameters as its attributes. Each clip is
@@ -33,12 +35,14 @@ the clip layer it reads and writes.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 
 import h5py
 import numpy as np
@@ -58,7 +62,8 @@ class SegmentConfig:
 
     Data: ``clip_dir`` (None: the built-in rodent clips), ``feature``, ``n_pcs`` (None: no
     PCA), ``train_frac`` and ``seed`` (the fit/held-out split, k-means and EM).
-    Model: ``num_states`` (K >= 2), ``kappa`` (>= 0), ``num_lags``, ``num_iters`` of EM.
+    Model: ``num_states`` (K >= 2), ``kappa`` (>= 0), ``num_lags``, ``num_iters`` of EM, and
+    ``num_restarts`` (EM from that many k-means seeds; the best training log-likelihood wins).
     ``model``: a saved model to label the clips with instead of fitting one.
     Output: ``out_dir`` (model, summary, plots), ``out_key`` (the labels' dataset),
     ``write_labels``, ``overwrite``, ``n_ethogram`` (clips in the ethogram).
@@ -72,10 +77,11 @@ class SegmentConfig:
     n_pcs: int | None = 10
     train_frac: float = 0.8
     seed: int = 0
-    num_states: int = 8
+    num_states: int = 6
     kappa: float = 1e7
     num_lags: int = 1
     num_iters: int = 50
+    num_restarts: int = 8
     model: str | None = None
     out_dir: str = "runs/segment"
     out_key: str = "syllables_arhmm"
@@ -98,6 +104,10 @@ class SegmentConfig:
             check_hyper(self.num_states, self.kappa, self.num_lags, n)
         if self.num_iters < 1:
             raise ValueError(f"Config key 'num_iters' must be >= 1, got {self.num_iters!r}.")
+        if isinstance(self.num_restarts, bool) or not isinstance(self.num_restarts, int) \
+                or self.num_restarts < 1:
+            raise ValueError(f"Config key 'num_restarts' must be an int >= 1, got "
+                             f"{self.num_restarts!r}.")
         if not 0.0 < self.train_frac < 1.0:
             raise ValueError(f"Config key 'train_frac' must be in (0, 1), got {self.train_frac!r}.")
         if self.select not in SELECT:
@@ -201,46 +211,38 @@ class ARHMM:
 
     ``params``: dynamax's ``ParamsLinearAutoregressiveHMM`` (initial probs (K,), transition
     matrix (K, K), emission weights (K, P, P * num_lags), biases (K, P), covariances
-    (K, P, P)). ``hyper``: num_states, kappa, num_lags, n_pcs, num_iters, seed.
+    (K, P, P)). ``hyper``: num_states, kappa, num_lags, n_pcs, num_iters, seed,
+    num_restarts and the kept ``restart``. ``em_log_probs`` (num_iters,): the kept run's log
+    joint per EM iteration; ``restarts``: each run's training log-likelihood per frame.
     """
 
     features: Features
     params: object
     hyper: dict
     em_log_probs: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    restarts: list = field(default_factory=list)
 
-    @property
-    def hmm(self):
-        return make_hmm(self.hyper["num_states"], self.features.dim, self.hyper["num_lags"],
-                        self.hyper["kappa"])
+    def _batch(self, xs: list[np.ndarray]):
+        import jax.numpy as jnp
 
-    def inputs(self, x):
-        """Lagged emissions (T, P * num_lags) of one sequence x (T, P); zeros before frame 0."""
-        return self.hmm.compute_inputs(x)
+        L = self.hyper["num_lags"]
+        return programs(self.hyper["num_states"], self.features.dim, L), \
+            tuple(jnp.asarray(a) for a in padded(xs, L))
 
     def decode(self, xs: list[np.ndarray]) -> list[np.ndarray]:
         """The most likely state sequence (T_i,) int32 of each feature sequence (T_i, P)."""
-        return [np.asarray(s, np.int32) for s in _by_length(self._viterbi, xs)]
+        return self.label(xs)[0]
 
     def log_likelihood(self, xs: list[np.ndarray]) -> np.ndarray:
         """(n,) log p(x_i) of each feature sequence, marginal over states."""
-        return np.array([float(v) for v in _by_length(self._marginal, xs)])
+        return self.label(xs)[1]
 
-    def _viterbi(self, X):
-        """(B, T) states of a (B, T, P) stack, in one jitted vmap."""
-        import jax
-
-        hmm, params = self.hmm, self.params
-        return jax.jit(jax.vmap(
-            lambda x: hmm.most_likely_states(params, x, hmm.compute_inputs(x))))(X)
-
-    def _marginal(self, X):
-        """(B,) log-likelihoods of a (B, T, P) stack, in one jitted vmap."""
-        import jax
-
-        hmm, params = self.hmm, self.params
-        return jax.jit(jax.vmap(
-            lambda x: hmm.marginal_log_prob(params, x, hmm.compute_inputs(x))))(X)
+    def label(self, xs: list[np.ndarray]) -> tuple[list[np.ndarray], np.ndarray]:
+        """Both of the above in one pass: states [(T_i,) int32] and (n,) log-likelihoods."""
+        prog, (X, U, mask) = self._batch(xs)
+        z, ll = prog.label(self.params, X, U, mask)
+        z = np.asarray(z, np.int32)
+        return [z[i, :len(x)] for i, x in enumerate(xs)], np.asarray(ll, np.float64)
 
     # --- saving --------------------------------------------------------------------------
 
@@ -257,7 +259,7 @@ class ARHMM:
             "mu": f.mu, "sd": f.sd, "em_log_probs": self.em_log_probs,
         }
         meta = {"format": "ncssm-arhmm", "version": 1, "feature": f.name, "width": f.width,
-                "hyper": self.hyper}
+                "hyper": self.hyper, "restarts": self.restarts}
         with atomic_path(path, suffix=".npz") as tmp:
             np.savez(tmp, meta=np.array(json.dumps(meta)),
                      **{k: np.asarray(v) for k, v in arrays.items()})
@@ -279,33 +281,37 @@ class ARHMM:
             features = Features(meta["feature"], int(meta["width"]), a["pca_mean"],
                                 comps if comps.shape[0] else None, a["mu"], a["sd"])
             h = meta["hyper"]
-            hmm = make_hmm(h["num_states"], features.dim, h["num_lags"], h["kappa"])
-            j = {k: jax.numpy.asarray(v) for k, v in a.items()}
-            params, _ = hmm.initialize(
-                jax.random.PRNGKey(0), initial_probs=j["initial_probs"],
-                transition_matrix=j["transition_matrix"], emission_weights=j["weights"],
-                emission_biases=j["biases"], emission_covariances=j["covs"])
-            return cls(features, params, h, a["em_log_probs"])
+            params = make_params(a["initial_probs"], a["transition_matrix"], a["weights"],
+                                 a["biases"], a["covs"])
+            K, P = int(h["num_states"]), features.dim
+            shapes = [(K,), (K, K), (K, P, P * int(h["num_lags"])), (K, P), (K, P, P)]
+            if [tuple(x.shape) for x in jax.tree.leaves(params)] != shapes:
+                raise ValueError
+            return cls(features, params, h, a["em_log_probs"], meta.get("restarts", []))
         except (OSError, ValueError, KeyError, TypeError) as err:
             raise ValueError(f"{path} is not an AR-HMM model saved by ncssm-data segment "
                              f"({type(err).__name__}).") from None
 
 
 PRIOR_FRAMES = 0.01  # pseudo-frames of the emission prior (see make_hmm)
+KMEANS_FRAMES = 10_000  # k-means init on at most this many random frames
 
 
-def make_hmm(num_states: int, dim: int, num_lags: int, kappa: float):
-    """dynamax's ``LinearAutoregressiveHMM`` with stickiness ``kappa`` and a vanishingly weak
-    prior on the emissions, so that EM's M-step stays finite.
+def make_hmm(num_states: int, dim: int, num_lags: int, kappa):
+    """dynamax's ``LinearAutoregressiveHMM`` with stickiness ``kappa`` (a float, or a traced
+    scalar inside :func:`programs`) and a vanishingly weak prior on the emissions, so that
+    EM's M-step stays finite.
 
     dynamax's own M-step solves each state's regression with no prior: a state that EM
-    empties (common with large ``kappa`` or K) makes the solve singular, and its NaN then
-    spreads to every state. Here each state's regression gets :data:`PRIOR_FRAMES`
-    pseudo-frames of evidence for zero weights and bias and for an identity covariance (in
-    z-scored units). A used state holds thousands of frames, so the prior barely moves it
-    (at 10 pseudo-frames it inflated the small AR residual variances enough to merge states);
-    an emptied state falls back to zero weights and an identity covariance.
+    empties makes the solve singular, and its NaN then spreads to every state (plain dynamax
+    fits of generated data went NaN this way). Here each state's regression gets
+    :data:`PRIOR_FRAMES` pseudo-frames of evidence for zero weights and bias and for an
+    identity covariance (in z-scored units). A used state holds hundreds of frames, so the
+    prior does not move a clean fit (the same labels as dynamax's own M-step from the same
+    init, to float precision: ``tests/test_segment.py``); an emptied state falls back to
+    zero weights and an identity covariance.
     """
+    import jax
     import jax.numpy as jnp
     from jax import vmap
     from dynamax.hidden_markov_model import LinearAutoregressiveHMM
@@ -330,55 +336,239 @@ def make_hmm(num_states: int, dim: int, num_lags: int, kappa: float):
             W, b, S = vmap(solve)(stats)
             return params._replace(weights=W, biases=b, covs=S), m_step_state
 
+        def _compute_conditional_logliks(self, params, emissions, inputs=None):
+            """(T, K) log N(x_t; W_k u_t + b_k, S_k) as matrix products: whitened by each
+            state's inverse Cholesky factor C_k, z = C_k x_t - (C_k W_k) u_t - C_k b_k.
+            (dynamax builds a distribution per frame and state: the same values, slower.)"""
+            T, P = emissions.shape
+            K = params.covs.shape[0]
+            C = jax.scipy.linalg.solve_triangular(jnp.linalg.cholesky(params.covs),
+                                                  jnp.broadcast_to(jnp.eye(P), (K, P, P)),
+                                                  lower=True)  # (K, P, P)
+            CW = jnp.einsum("kpq,kqi->kpi", C, params.weights).reshape(K * P, -1)
+            z = emissions @ C.reshape(K * P, P).T - inputs @ CW.T \
+                - jnp.einsum("kpq,kq->kp", C, params.biases).reshape(-1)
+            half_logdet = -jnp.log(jnp.diagonal(C, axis1=1, axis2=2)).sum(1)  # (K,)
+            return -0.5 * (z.reshape(T, K, P) ** 2).sum(-1) - half_logdet \
+                - 0.5 * P * jnp.log(2 * jnp.pi)
+
+        def collect_suff_stats(self, params, posterior, emissions, inputs=None):
+            """dynamax's weighted sums (sum_w, sum_x, sum_y, sum_xxT, sum_xyT, sum_yyT per
+            state) as one matrix product of z = [inputs, emissions] (its einsums are 3x
+            slower on the CPU)."""
+            w = posterior.smoothed_probs  # (T, K)
+            T, K = w.shape
+            z = jnp.concatenate([inputs, emissions], axis=1)  # (T, D)
+            D, n = z.shape[1], inputs.shape[1]
+            S = ((w[:, :, None] * z[:, None, :]).reshape(T, K * D).T @ z).reshape(K, D, D)
+            first = w.T @ z  # (K, D)
+            return dict(sum_w=w.sum(0), sum_x=first[:, :n], sum_y=first[:, n:],
+                        sum_xxT=S[:, :n, :n], sum_xyT=S[:, :n, n:], sum_yyT=S[:, n:, n:])
+
     hmm = LinearAutoregressiveHMM(int(num_states), int(dim), num_lags=int(num_lags),
-                                  transition_matrix_stickiness=float(kappa))
+                                  transition_matrix_stickiness=kappa)
     hmm.emission_component = Emissions(int(num_states), int(dim), num_lags=int(num_lags))
     return hmm
 
 
-def _by_length(fn, xs: list[np.ndarray]) -> list:
-    """``fn`` over (B, T, P) stacks of the equal-length sequences in ``xs``, in input order."""
-    out: list = [None] * len(xs)
-    lengths = np.array([len(x) for x in xs])
-    for T in np.unique(lengths):
-        idx = np.flatnonzero(lengths == T)
-        res = np.asarray(fn(np.stack([xs[i] for i in idx])))
-        for k, i in enumerate(idx):
-            out[i] = res[k]
-    return out
+def lagged(x: np.ndarray, num_lags: int) -> np.ndarray:
+    """The AR inputs (T, P * num_lags) of one sequence x (T, P): [x_{t-1}, ..., x_{t-L}],
+    zeros before frame 0 (dynamax's ``compute_inputs``)."""
+    T, P = x.shape
+    pad = np.concatenate([np.zeros((num_lags, P), x.dtype), x])
+    return np.concatenate([pad[lag:lag + T] for lag in reversed(range(num_lags))], axis=1)
 
 
-def pieces(xs: list[np.ndarray]) -> np.ndarray:
-    """Cut each (T_i, P) sequence into pieces of the shortest one's length: (B, T_min, P)."""
-    L = min(len(x) for x in xs)
-    return np.stack([x[k * L:(k + 1) * L] for x in xs for k in range(len(x) // L)])
+def padded(xs: list[np.ndarray], num_lags: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Sequences (T_i, P) as one batch padded at the end to the longest: emissions X
+    (B, T, P), inputs U (B, T, P * num_lags) and mask (B, T), True on real frames.
+
+    Every sequence is used whole and on its own: no frame is dropped and nothing bleeds
+    across clips. The padded frames are neutral (see :func:`programs`).
+    """
+    T = max(len(x) for x in xs)
+    B, P = len(xs), xs[0].shape[1]
+    X = np.zeros((B, T, P), np.float32)
+    U = np.zeros((B, T, P * num_lags), np.float32)
+    mask = np.zeros((B, T), bool)
+    for i, x in enumerate(xs):
+        X[i, :len(x)], U[i, :len(x)], mask[i, :len(x)] = x, lagged(x, num_lags), True
+    return X, U, mask
+
+
+def make_params(initial_probs, transition_matrix, weights, biases, covs):
+    """dynamax's ``ParamsLinearAutoregressiveHMM`` (float32) from arrays: (K,), (K, K),
+    (K, P, P * num_lags), (K, P), (K, P, P)."""
+    import jax.numpy as jnp
+    from dynamax.hidden_markov_model.models.arhmm import (
+        ParamsLinearAutoregressiveHMM, ParamsLinearRegressionHMMEmissions,
+        ParamsStandardHMMInitialState, ParamsStandardHMMTransitions)
+
+    f32 = lambda a: jnp.asarray(a, jnp.float32)  # noqa: E731
+    return ParamsLinearAutoregressiveHMM(
+        ParamsStandardHMMInitialState(f32(initial_probs)),
+        ParamsStandardHMMTransitions(f32(transition_matrix)),
+        ParamsLinearRegressionHMMEmissions(f32(weights), f32(biases), f32(covs)))
+
+
+@functools.lru_cache(maxsize=None)
+def programs(num_states: int, dim: int, num_lags: int) -> SimpleNamespace:
+    """The programs of one (K, P, num_lags), built once per process.
+
+    The jitted ones compile once per batch shape (B, T) and are then reused across kappas (a
+    traced argument), restarts and sweep points; dynamax's ``fit_em`` compiles anew on every
+    call (kappa is baked into its model). On padded batches (:func:`padded`):
+
+    - ``em(params, X, U, mask, kappa, num_iters)`` -> (params, log joint per iteration
+      (num_iters,), the final params' log-likelihoods (B,)): EM in one
+      ``lax.scan``, dynamax's filters and M-steps with our emission M-step and expected
+      transitions (:func:`make_hmm`, :func:`expected_transitions`).
+    - ``label(params, X, U, mask)`` -> (Viterbi states (B, T), log-likelihoods (B,)).
+    - ``init(seed, restart, frames, kappa)`` -> initial params (not jitted): k-means
+      (scikit-learn) centroids of ``frames`` (N, P; at most :data:`KMEANS_FRAMES` random
+      ones) as the biases, zero AR weights and
+      identity covariances (dynamax's k-means init), uniform initial probabilities and the
+      sticky prior's mode as the transition matrix.
+
+    Padded frames have a flat likelihood, so the forward pass and the real frames' posteriors
+    are exact; pairs into padding are left out of the expected transitions. Viterbi gives
+    padded steps a transition matrix of ones, so the tail favours no last state. States of
+    padded frames are arbitrary.
+    """
+    import jax
+    import jax.numpy as jnp
+    from dynamax.hidden_markov_model.inference import (HMMPosterior, hmm_backward_filter,
+                                                       hmm_filter, hmm_posterior_mode)
+
+    K, P, L = int(num_states), int(dim), int(num_lags)
+    # (traced, not run: dynamax's initialize draws from the prior, which would compile)
+    _, props = jax.eval_shape(lambda key: make_hmm(K, P, L, 0.0).initialize(key),
+                              jax.random.PRNGKey(0))
+
+    def terms(hmm, params, x, u, mask):
+        init, A, ll = hmm._inference_args(params, x, u)
+        return init, A, jnp.where(mask[:, None], ll, 0.0)
+
+    def e_step(hmm, params, x, u, mask):
+        init, A, ll = terms(hmm, params, x, u, mask)
+        filt = hmm_filter(init, A, ll)  # dynamax's two-filter smoother, less its trans_probs
+        _, backward = hmm_backward_filter(A, ll)
+        p = filt.filtered_probs * backward
+        p = p / p.sum(1, keepdims=True)
+        post = HMMPosterior(marginal_loglik=filt.marginal_loglik,
+                            filtered_probs=filt.filtered_probs,
+                            predicted_probs=filt.predicted_probs, smoothed_probs=p * mask[:, None],
+                            initial_probs=p[0],
+                            trans_probs=expected_transitions(A, filt.filtered_probs, p, mask))
+        stats = (hmm.initial_component.collect_suff_stats(params.initial, post, u),
+                 hmm.transition_component.collect_suff_stats(params.transitions, post, u),
+                 hmm.emission_component.collect_suff_stats(params.emissions, post, x, u))
+        return stats, post.marginal_loglik
+
+    def label(params, X, U, mask):
+        hmm0 = make_hmm(K, P, L, 0.0)  # kappa only enters the prior, which only EM uses
+
+        def one(x, u, m):
+            init, A, ll = terms(hmm0, params, x, u, m)
+            As = jnp.where(m[1:, None, None], A, 1.0)  # (T-1, K, K)
+            return hmm_posterior_mode(init, As, ll), hmm_filter(init, A, ll).marginal_loglik
+        return jax.vmap(one)(X, U, mask)
+
+    def em(params, X, U, mask, kappa, num_iters):
+        hmm = make_hmm(K, P, L, kappa)
+
+        def step(carry, _):
+            params, m_state = carry
+            stats, lls = jax.vmap(lambda x, u, m: e_step(hmm, params, x, u, m))(X, U, mask)
+            lp = hmm.log_prior(params) + lls.sum()
+            return hmm.m_step(params, props, stats, m_state), lp
+
+        carry = (params, hmm.initialize_m_step_state(params, props))
+        (params, _), lps = jax.lax.scan(step, carry, None, length=num_iters)
+        ll = jax.vmap(lambda x, u, m: hmm_filter(*terms(hmm, params, x, u, m)).marginal_loglik)(
+            X, U, mask)
+        return params, lps, ll
+
+    def init(seed, restart, frames, kappa):
+        from sklearn.cluster import KMeans
+
+        rng = np.random.default_rng([seed, restart])
+        if len(frames) > KMEANS_FRAMES:  # a random subset is enough to place K centroids
+            frames = frames[rng.choice(len(frames), KMEANS_FRAMES, replace=False)]
+        centroids = KMeans(K, n_init=1, random_state=int(rng.integers(2**31))).fit(
+            frames).cluster_centers_
+        A = np.full((K, K), 0.1) + float(kappa) * np.eye(K)  # Dirichlet(1.1 + kappa I) - 1
+        return make_params(np.full(K, 1.0 / K), A / A.sum(1, keepdims=True),
+                           np.zeros((K, P, P * L)), centroids, np.tile(np.eye(P), (K, 1, 1)))
+
+    return SimpleNamespace(em=jax.jit(em, static_argnames="num_iters"), label=jax.jit(label),
+                           init=init)
+
+
+def expected_transitions(A, filtered, smoothed, mask):
+    """Expected transition counts (K, K) of one sequence: sum over pairs (t, t+1) with frame
+    t+1 real (``mask`` (T,)) of p(z_t = i, z_{t+1} = j | x), from the filtered and smoothed
+    probabilities (T, K) and the transition matrix A (K, K).
+
+    p(z_t, z_{t+1} | x) = filtered_t[i] A[i, j] smoothed_{t+1}[j] / predicted_{t+1}[j], with
+    predicted_{t+1} = filtered_t A. dynamax (1.0.3) computes the same but zeroes the ratio
+    wherever ``jnp.isclose(predicted, 0)``, i.e. below 1e-8. With kappa >= 1e7 every
+    switch's predicted probability is below that, a switch then gets no mass, and a sequence
+    whose smoothed mass sits on such a state divides 0 by 0: the NaN that made EM "diverge"
+    (plain dynamax and ours alike). Here only an exact zero is skipped.
+    """
+    import jax.numpy as jnp
+
+    f, s = filtered[:-1], smoothed[1:]
+    pred = f @ A
+    ratio = jnp.where(pred > 0, s / jnp.where(pred > 0, pred, 1.0), 0.0)  # (T-1, K)
+    norm = jnp.einsum("ti,ij,tj->t", f, A, ratio)  # 1 up to rounding
+    w = jnp.where(mask[1:] & (norm > 0), 1.0 / jnp.where(norm > 0, norm, 1.0), 0.0)
+    return A * jnp.einsum("ti,tj->ij", f * w[:, None], ratio)
 
 
 def fit(features: Features, xs: list[np.ndarray], num_states: int, kappa: float, num_lags: int,
-        num_iters: int, seed: int, progress: bool = False) -> ARHMM:
-    """Fit by EM on the feature sequences ``xs`` (each (T_i, P)), batched as :func:`pieces`."""
+        num_iters: int, seed: int, num_restarts: int = 1, progress: bool = False) -> ARHMM:
+    """Fit by EM on the feature sequences ``xs`` (each (T_i, P)), as one padded batch.
+
+    ``num_restarts`` runs of ``num_iters`` EM iterations each start from k-means on all
+    frames (``programs(...).init(seed, r, ...)``); the run with the highest training
+    log-likelihood is kept. Each run's log-likelihood per frame is in ``model.restarts``. A
+    run whose log-likelihood or parameters are not finite is dropped; if every run is,
+    FloatingPointError.
+    """
     import jax
+    from tqdm.auto import tqdm
 
     check_hyper(num_states, kappa, num_lags, None if features.components is None
                 else len(features.components))
-    X = jax.numpy.asarray(pieces(xs))
-    hmm = make_hmm(num_states, features.dim, num_lags, kappa)
-    k_init, _ = jax.random.split(jax.random.PRNGKey(seed))
-    params, props = hmm.initialize(k_init, method="kmeans", emissions=X.reshape(-1, features.dim))
-    inputs = jax.vmap(hmm.compute_inputs)(X)
-    params, lps = hmm.fit_em(params, props, X, inputs, num_iters=num_iters, verbose=progress,
-                             print_every=max(1, num_iters // 20))
-    lps = np.asarray(lps)
-    if not np.isfinite(lps).all() or not all(
-            np.isfinite(np.asarray(a)).all() for a in jax.tree.leaves(params)):
-        bad = int(np.argmin(np.isfinite(lps))) if not np.isfinite(lps).all() else num_iters
+    if num_restarts < 1:
+        raise ValueError(f"num_restarts must be >= 1, got {num_restarts!r}.")
+    prog = programs(num_states, features.dim, num_lags)
+    X, U, mask = (jax.numpy.asarray(a) for a in padded(xs, num_lags))
+    frames = np.concatenate(xs)
+    best, runs = None, []
+    for r in tqdm(range(num_restarts), desc=f"EM K {num_states} kappa {kappa:g}", unit="restart",
+                  disable=not progress):
+        params, lps, ll = prog.em(prog.init(seed, r, frames, kappa), X, U, mask,
+                                  jax.numpy.float32(kappa), num_iters=num_iters)
+        ll = float(np.asarray(ll, np.float64).sum()) / len(frames)
+        lps = np.asarray(lps)
+        ok = np.isfinite(ll) and np.isfinite(lps).all() and all(
+            np.isfinite(np.asarray(a)).all() for a in jax.tree.leaves(params))
+        runs.append({"restart": r, "train_ll": ll if ok else None})
+        if ok and (best is None or ll > best[0]):
+            best = (ll, r, params, lps)
+    if best is None:
         raise FloatingPointError(
-            f"EM diverged (non-finite log-probability by iteration {bad + 1}) for K "
+            f"EM diverged (non-finite log-likelihood) in all {num_restarts} restart(s) for K "
             f"{num_states}, kappa {kappa}, {num_lags} lag(s) on {features.dim} dims.")
+    ll, r, params, lps = best
     hyper = {"num_states": int(num_states), "kappa": float(kappa), "num_lags": int(num_lags),
              "n_pcs": None if features.components is None else int(len(features.components)),
-             "num_iters": int(num_iters), "seed": int(seed)}
-    return ARHMM(features, params, hyper, lps)
+             "num_iters": int(num_iters), "seed": int(seed), "num_restarts": int(num_restarts),
+             "restart": int(r)}
+    return ARHMM(features, params, hyper, lps, runs)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -493,17 +683,23 @@ def load_data(cfg: SegmentConfig) -> Data:
 
 
 def run_one(cfg: SegmentConfig, data: Data, num_states: int, kappa: float, n_pcs: int | None,
-            progress: bool = False) -> tuple[ARHMM, dict, list[np.ndarray]]:
-    """Fit one setting on the training clips; score it; label every clip."""
+            progress: bool = False, features: dict | None = None
+            ) -> tuple[ARHMM, dict, list[np.ndarray]]:
+    """Fit one setting on the training clips; score it; label every clip. ``features``: a
+    cache {n_pcs: (Features, every clip's features)} shared by a sweep's points."""
     t0 = time.perf_counter()
-    feats = Features.fit(cfg.feature, [data.raw[i] for i in data.train_ids], n_pcs)
-    xs = [feats(x) for x in data.raw]
+    features = {} if features is None else features
+    if n_pcs not in features:
+        feats = Features.fit(cfg.feature, [data.raw[i] for i in data.train_ids], n_pcs)
+        features[n_pcs] = feats, [feats(x) for x in data.raw]
+    feats, xs = features[n_pcs]
     model = fit(feats, [xs[i] for i in data.train_ids], num_states, kappa, cfg.num_lags,
-                cfg.num_iters, cfg.seed, progress)
+                cfg.num_iters, cfg.seed, cfg.num_restarts, progress)
     fit_s = time.perf_counter() - t0
-    labels = model.decode(xs)
-    row = {"num_states": num_states, "kappa": kappa, "n_pcs": n_pcs, **_held_out(model, xs, data),
-           **scores(labels, data.truth, data.dt), "fit_s": round(fit_s, 1)}
+    labels, ll = model.label(xs)  # every clip in one pass; the held-out ones score the fit
+    heldout_ll = float(ll[data.val_ids].sum() / sum(len(xs[i]) for i in data.val_ids))
+    row = {"num_states": num_states, "kappa": kappa, "n_pcs": n_pcs, "heldout_ll": heldout_ll,
+           **scores(labels, data.truth, data.dt), **restart_scores(model), "fit_s": round(fit_s, 1)}
     if data.truth is not None:
         val = scores([labels[i] for i in data.val_ids], [data.truth[i] for i in data.val_ids],
                      data.dt)
@@ -511,10 +707,13 @@ def run_one(cfg: SegmentConfig, data: Data, num_states: int, kappa: float, n_pcs
     return model, row, labels
 
 
-def _held_out(model: ARHMM, xs, data: Data) -> dict:
-    val = [xs[i] for i in data.val_ids]
-    ll = model.log_likelihood(val)
-    return {"heldout_ll": float(ll.sum() / sum(len(x) for x in val))}
+def restart_scores(model: ARHMM) -> dict:
+    """The restarts: which was kept, each one's training log-likelihood per frame (None:
+    diverged) and their spread (best - worst)."""
+    lls = [r["train_ll"] for r in model.restarts]
+    ok = [v for v in lls if v is not None]
+    return {"restart": model.hyper.get("restart", 0), "restart_train_ll": lls,
+            "restart_ll_spread": float(max(ok) - min(ok)) if ok else None}
 
 
 def segment(cfg: SegmentConfig, progress: bool = True) -> dict:
@@ -528,8 +727,8 @@ def segment(cfg: SegmentConfig, progress: bool = True) -> dict:
     if cfg.model:
         model = ARHMM.load(cfg.model)
         xs = [model.features(x, f"the clips in {data.root}") for x in data.raw]
-        labels = model.decode(xs)
-        ll = float(model.log_likelihood(xs).sum() / sum(len(x) for x in xs))
+        labels, ll = model.label(xs)
+        ll = float(ll.sum() / sum(len(x) for x in xs))
         row = {**model.hyper, "ll_per_frame": ll, **scores(labels, data.truth, data.dt)}
         model_path = Path(cfg.model)
     else:
@@ -556,10 +755,10 @@ def sweep(cfg: SegmentConfig, progress: bool = True) -> tuple[list[dict], int]:
     data = load_data(cfg)
     grid = [(k, kappa, n) for n in (cfg.sweep_n_pcs or [cfg.n_pcs])
             for k in cfg.sweep_num_states for kappa in cfg.sweep_kappa]
-    rows = []
+    rows, features = [], {}
     for k, kappa, n in tqdm(grid, desc="sweep", unit="fit", disable=not progress):
         try:
-            rows.append(run_one(cfg, data, k, kappa, n)[1])
+            rows.append(run_one(cfg, data, k, kappa, n, features=features)[1])
         except FloatingPointError as err:  # a diverged fit is a row, ranked last
             rows.append({"num_states": k, "kappa": kappa, "n_pcs": n, "heldout_ll": None,
                          "error": str(err)})

@@ -165,7 +165,7 @@ def _segment(args) -> int:
         print(f"ncssm-data: error: {err}", file=sys.stderr)
         return 2
     keys = ("clips", "feature", "num_states", "kappa", "num_lags", "n_pcs", "heldout_ll",
-            "ll_per_frame",
+            "ll_per_frame", "restart", "restart_ll_spread",
             "states_in_use", "median_duration_frames", "median_duration_s", "ari", "nmi",
             "ari_held_out", "nmi_held_out", "fit_s", "model", "labels")
     print("ncssm-data segment:")

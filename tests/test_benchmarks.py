@@ -53,8 +53,9 @@ SMOKE = {
         r"reference \(complex\) +[\d.]+ +[\d.]+ +[\d.]+ +1\.00x",  # after the step-0 loss check
     ),
     "segment": (
-        ["--clips", "2", "--frames", "20", "--states", "2", "--dim", "2", "--iters", "1"],
-        r" +2 +20 +40 .* 1\.0x",
+        ["--clips", "2", "--held-out", "1", "--frames", "20", "--states", "2", "--kappas",
+         "1,10", "--width", "3", "--dim", "2", "--iters", "1", "--sizes", "2x20"],
+        r"ratio \(before / after\): [\d.]+x(.|\n)* +2 +20 +40 +[\d.]+ +[\d.]+",
     ),
     "compile_cache": (["--parts", "train"], r"train +compile cold .* ratio +[\d.]+x"),
 }

@@ -47,7 +47,7 @@ def arhmm_clips(root, n=N_CLIPS, T=T, seed=0, width=D, nan=False):
 
 def cfg_for(root, tmp_path, **kw):
     base = dict(clip_dir=str(root), feature="pose", n_pcs=None, num_states=3, kappa=100.0,
-                num_iters=30, out_dir=str(tmp_path / "seg"), n_ethogram=2)
+                num_iters=30, num_restarts=2, out_dir=str(tmp_path / "seg"), n_ethogram=2)
     return SegmentConfig(**{**base, **kw})
 
 
@@ -202,3 +202,170 @@ def test_segment_yaml_is_the_default():
 
     path = Path(__file__).resolve().parents[1] / "configs" / "segment.yaml"
     assert load_config(path, cls=SegmentConfig) == SegmentConfig()
+
+
+# --- Reference fits: generated AR-HMM data, against dynamax's plain fit from the same init ----
+
+
+def reference_clips(root, K, P, lags, lengths, stay, seed):
+    """Clips of a sticky K-state AR(``lags``) process in P dims (true states in /syllables):
+    each state has its own stable dynamics, offset and noise level."""
+    rng = np.random.default_rng(seed)
+    A = [[rng.uniform(0.2, 0.8) / lags * np.linalg.qr(rng.standard_normal((P, P)))[0]
+          for _ in range(lags)] for _ in range(K)]
+    b = [rng.standard_normal(P) for _ in range(K)]
+    noise = rng.uniform(0.1, 0.4, K)
+    root.mkdir(parents=True, exist_ok=True)
+    for c, T in enumerate(lengths):
+        z = np.zeros(T, np.int32)
+        x = np.zeros((T, P))
+        z[0] = rng.integers(K)
+        for t in range(T):
+            if t:
+                z[t] = z[t - 1] if rng.random() < stay else rng.integers(K)
+            k = z[t]
+            x[t] = b[k] + noise[k] * rng.standard_normal(P) + sum(
+                A[k][lag] @ x[t - 1 - lag] for lag in range(lags) if t - 1 - lag >= 0)
+        write_clip(root / f"clip_{c}.h5", {"obs": x.astype(np.float32),
+                                           "ctrl": np.zeros((T, 1), np.float32), "syllables": z},
+                   obs_layout={"pose": (0, P)}, body="toy", control_dt=0.02, generator="test")
+    return root
+
+
+REFERENCE = {  # (K, P dims, lags, clip lengths, stay probability, kappa)
+    "K3-P4-lag1-equal-kappa1e2": (3, 4, 1, [300] * 8, 0.97, 1e2),
+    "K4-P6-lag2-unequal-kappa1e7": (4, 6, 2, [180, 420, 260, 300, 350, 240, 390], 0.98, 1e7),
+    "K5-P3-lag1-equal-kappa1e4": (5, 3, 1, [400] * 7, 0.95, 1e4),
+}
+
+
+@pytest.mark.parametrize("name", list(REFERENCE))
+def test_reference_fit_matches_plain_dynamax(name, tmp_path):
+    """ARI >= 0.95 against the true states, within 0.01 of dynamax's own LinearAutoregressiveHMM
+    fitted by ``fit_em`` from the same initial params (for unequal lengths, as a plain user
+    batches them: pieces of the shortest clip, which ours need not do), and no restart
+    diverges."""
+    import jax
+    from dynamax.hidden_markov_model import LinearAutoregressiveHMM
+    from sklearn.metrics import adjusted_rand_score
+
+    from ncssm_policies.arhmm import programs
+
+    K, P, lags, lengths, stay, kappa = REFERENCE[name]
+    root = reference_clips(tmp_path / "clips", K, P, lags, lengths, stay, seed=len(name))
+    s = segment(cfg_for(root, tmp_path, num_states=K, kappa=kappa, num_lags=lags,
+                        num_iters=40, num_restarts=SegmentConfig().num_restarts,
+                        write_labels=False), progress=False)
+    assert all(v is not None and np.isfinite(v) for v in s["restart_train_ll"]), s
+    assert s["ari"] >= 0.95, s
+
+    model = ARHMM.load(s["model"])
+    xs, truth = [], []
+    for c in range(len(lengths)):
+        with h5py.File(root / f"clip_{c}.h5", "r") as f:
+            xs.append(model.features(f["obs"][()]))
+            truth.append(f["syllables"][()])
+    train = [xs[i] for i in s["fit_clips"]]
+    hmm = LinearAutoregressiveHMM(K, P, num_lags=lags, transition_matrix_stickiness=kappa)
+    _, props = hmm.initialize(jax.random.PRNGKey(0))
+    params = programs(K, P, lags).init(0, s["restart"], np.concatenate(train), kappa)
+    L = min(len(x) for x in train)  # equal pieces: dynamax batches only equal lengths
+    X = jax.numpy.asarray(np.stack([x[k * L:(k + 1) * L] for x in train
+                                    for k in range(len(x) // L)]))
+    params, lps = hmm.fit_em(params, props, X, jax.vmap(hmm.compute_inputs)(X), num_iters=40,
+                             verbose=False)
+    plain = [np.asarray(hmm.most_likely_states(params, x, hmm.compute_inputs(x))) for x in xs]
+    plain_ari = adjusted_rand_score(np.concatenate(truth), np.concatenate(plain))
+    if len(set(lengths)) == 1:
+        assert abs(s["ari"] - plain_ari) <= 0.01, (s["ari"], plain_ari)
+    else:
+        assert s["ari"] >= plain_ari - 0.01, (s["ari"], plain_ari)
+
+
+def test_rare_and_unvisited_states_stay_finite(tmp_path):
+    """K 4 on data where one true state is rare (one 8-frame visit) and one K never exists:
+    every restart stays finite and the fit reports the states it used. (dynamax's own M-step,
+    with no prior, is singular for an emptied state.)"""
+    rng = np.random.default_rng(3)
+    root = tmp_path / "rare"
+    root.mkdir()
+    b = [np.full(3, 2.0), np.full(3, -2.0), np.array([0.0, 4.0, -4.0])]
+    for c in range(6):
+        z = np.repeat(rng.integers(2, size=6), 50).astype(np.int32)  # states 0 and 1
+        if c == 0:
+            z[100:108] = 2  # the rare state: 8 of 1800 frames
+        x = np.zeros((300, 3))
+        for t in range(1, 300):
+            x[t] = 0.5 * x[t - 1] + b[z[t]] + 0.2 * rng.standard_normal(3)
+        write_clip(root / f"clip_{c}.h5", {"obs": x.astype(np.float32),
+                                           "ctrl": np.zeros((300, 1), np.float32), "syllables": z},
+                   obs_layout={"pose": (0, 3)}, body="toy", control_dt=0.02, generator="test")
+    s = segment(cfg_for(root, tmp_path, num_states=4, kappa=1e7, num_restarts=3, num_iters=30,
+                        write_labels=False), progress=False)
+    assert all(v is not None and np.isfinite(v) for v in s["restart_train_ll"]), s
+    assert np.isfinite(s["heldout_ll"]) and s["ari"] >= 0.9
+    assert 2 <= s["states_in_use"] <= 3  # of K 4: the fit says how many it used
+    model = ARHMM.load(s["model"])
+    assert all(np.isfinite(np.asarray(a)).all() for a in
+               (model.params.emissions.covs, model.params.transitions.transition_matrix))
+
+
+def test_restarts_keep_the_best_training_loglik(toy, tmp_path):
+    s = segment(cfg_for(toy, tmp_path, num_restarts=3, num_iters=5, write_labels=False),
+                progress=False)
+    lls = s["restart_train_ll"]
+    assert len(lls) == 3
+    assert s["restart"] == int(np.argmax(lls))
+    assert s["restart_ll_spread"] == pytest.approx(max(lls) - min(lls))
+    model = ARHMM.load(s["model"])
+    assert model.hyper["num_restarts"] == 3 and model.hyper["restart"] == s["restart"]
+    assert [r["train_ll"] for r in model.restarts] == lls
+    with pytest.raises(ValueError, match="'num_restarts' must be an int >= 1, got 0"):
+        cfg_for(toy, tmp_path, num_restarts=0)
+
+
+def test_em_compiles_once_per_shape_across_kappas_and_restarts(toy, tmp_path):
+    """A sweep over two kappas with two restarts each runs one compiled EM program per K."""
+    from ncssm_policies.arhmm import programs
+
+    programs.cache_clear()
+    cfg = cfg_for(toy, tmp_path, num_iters=3, num_restarts=2, sweep_num_states=[2, 3],
+                  sweep_kappa=[1.0, 1e4], write_labels=False)
+    rows, _ = sweep(cfg, progress=False)
+    assert len(rows) == 4
+    for K in (2, 3):
+        prog = programs(K, D, 1)
+        assert prog.em._cache_size() == 1  # 2 kappas x 2 restarts, one compile
+        assert prog.label._cache_size() == 1  # every clip, once per fit
+
+
+def test_emission_likelihoods_and_statistics_equal_dynamax():
+    """Our matrix-product forms of the emission log-likelihoods and sufficient statistics give
+    dynamax's own values (K 5, P 4, 2 lags)."""
+    import jax
+    import jax.numpy as jnp
+    from dynamax.hidden_markov_model import LinearAutoregressiveHMM
+    from dynamax.hidden_markov_model.inference import HMMPosterior
+
+    from ncssm_policies.arhmm import make_hmm
+
+    rng = np.random.default_rng(0)
+    K, P, lags, T = 5, 4, 2, 300
+    ours, plain = make_hmm(K, P, lags, 10.0), LinearAutoregressiveHMM(K, P, num_lags=lags)
+    params, _ = plain.initialize(jax.random.PRNGKey(0))
+    S = rng.standard_normal((K, P, P))
+    em = params.emissions._replace(
+        covs=jnp.asarray(S @ S.transpose(0, 2, 1) + np.eye(P), jnp.float32),
+        weights=jnp.asarray(0.3 * rng.standard_normal((K, P, P * lags)), jnp.float32),
+        biases=jnp.asarray(rng.standard_normal((K, P)), jnp.float32))
+    x = jnp.asarray(rng.standard_normal((T, P)), jnp.float32)
+    u = plain.compute_inputs(x)
+    np.testing.assert_allclose(ours.emission_component._compute_conditional_logliks(em, x, u),
+                               plain.emission_component._compute_conditional_logliks(em, x, u),
+                               rtol=1e-5, atol=1e-4)
+    w = jax.nn.softmax(jnp.asarray(rng.standard_normal((T, K)), jnp.float32), -1)
+    post = HMMPosterior(0.0, w, w, w, w[0], None)
+    a = ours.emission_component.collect_suff_stats(em, post, x, u)
+    b = plain.emission_component.collect_suff_stats(em, post, x, u)
+    for k in b:
+        np.testing.assert_allclose(a[k], b[k], rtol=1e-5, atol=1e-4, err_msg=k)
