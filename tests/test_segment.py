@@ -369,3 +369,45 @@ def test_emission_likelihoods_and_statistics_equal_dynamax():
     b = plain.emission_component.collect_suff_stats(em, post, x, u)
     for k in b:
         np.testing.assert_allclose(a[k], b[k], rtol=1e-5, atol=1e-4, err_msg=k)
+
+
+def test_expected_transitions_are_exact_where_dynamax_drops_sticky_switches():
+    """At kappa ~1e9 every switch's predicted probability is below 1e-8. Our expected
+    transition counts still equal the exact ones (all 2^10 paths enumerated in float64),
+    padding excluded. dynamax's own (1.0.3) count the switch as ~1e-13 (and give 0/0 = NaN
+    when a step's whole smoothed mass is on such a state: EM's "divergence")."""
+    import itertools
+
+    import jax.numpy as jnp
+    from dynamax.hidden_markov_model.inference import (hmm_backward_filter, hmm_filter,
+                                                       hmm_two_filter_smoother)
+
+    from ncssm_policies.arhmm import expected_transitions
+
+    eps = 1e-9
+    A = np.array([[1 - eps, eps], [eps, 1 - eps]])
+    ll = np.zeros((12, 2))
+    ll[:5, 1] = ll[5:10, 0] = -30.0  # state 0, then state 1; frames 10, 11 are padding
+    mask = np.arange(12) < 10
+    init = np.array([0.5, 0.5])
+    exact = np.zeros((2, 2))
+    total = 0.0
+    for z in itertools.product(range(2), repeat=10):
+        p = init[z[0]] * np.exp(ll[0, z[0]])
+        for t in range(1, 10):
+            p *= A[z[t - 1], z[t]] * np.exp(ll[t, z[t]])
+        total += p
+        for t in range(9):
+            exact[z[t], z[t + 1]] += p
+    exact /= total
+
+    Aj, llj = jnp.asarray(A, jnp.float32), jnp.asarray(np.where(mask[:, None], ll, 0.0), jnp.float32)
+    filt = hmm_filter(jnp.asarray(init, jnp.float32), Aj, llj)
+    smoothed = filt.filtered_probs * hmm_backward_filter(Aj, llj)[1]
+    smoothed = smoothed / smoothed.sum(1, keepdims=True)
+    ours = np.asarray(expected_transitions(Aj, filt.filtered_probs, smoothed, jnp.asarray(mask)))
+    np.testing.assert_allclose(ours, exact, atol=1e-4)
+    assert ours[0, 1] == pytest.approx(1.0, abs=1e-4)  # the one switch
+    theirs = np.asarray(hmm_two_filter_smoother(jnp.asarray(init, jnp.float32), Aj,
+                                                jnp.asarray(ll[:10], jnp.float32)).trans_probs)
+    assert not np.isfinite(theirs).all() or abs(theirs[0, 1] - 1.0) > 0.5
