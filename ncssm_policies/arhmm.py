@@ -470,8 +470,10 @@ def programs(num_states: int, dim: int, num_lags: int) -> SimpleNamespace:
 
         def one(x, u, m):
             init, A, ll = terms(hmm0, params, x, u, m)
-            As = jnp.where(m[1:, None, None], A, 1.0)  # (T-1, K, K)
-            return hmm_posterior_mode(init, As, ll), hmm_filter(init, A, ll).marginal_loglik
+            # ones into padded frames, built per step (a (T-1, K, K) stack would be K x the data)
+            states = hmm_posterior_mode(init, None, ll,
+                                        transition_fn=lambda t: jnp.where(m[t + 1], A, 1.0))
+            return states, hmm_filter(init, A, ll).marginal_loglik
         return jax.vmap(one)(X, U, mask)
 
     def em(params, X, U, mask, kappa, num_iters):

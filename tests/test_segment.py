@@ -411,3 +411,18 @@ def test_expected_transitions_are_exact_where_dynamax_drops_sticky_switches():
     theirs = np.asarray(hmm_two_filter_smoother(jnp.asarray(init, jnp.float32), Aj,
                                                 jnp.asarray(ll[:10], jnp.float32)).trans_probs)
     assert not np.isfinite(theirs).all() or abs(theirs[0, 1] - 1.0) > 0.5
+
+
+def test_padding_changes_no_label_or_likelihood(toy, tmp_path):
+    """Clips of several lengths labelled in one padded batch get the same states and
+    log-likelihoods as each clip alone."""
+    s = segment(cfg_for(toy, tmp_path, num_iters=5, write_labels=False), progress=False)
+    model = ARHMM.load(s["model"])
+    with h5py.File(toy / "clip_0.h5", "r") as f:
+        x = model.features(f["obs"][()])
+    xs = [x[:100], x, x[:37]]
+    states, ll = model.label(xs)
+    for xi, zi, li in zip(xs, states, ll):
+        z1, l1 = model.label([xi])
+        np.testing.assert_array_equal(z1[0], zi)
+        assert l1[0] == pytest.approx(li, rel=1e-5, abs=1e-3)
