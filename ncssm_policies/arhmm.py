@@ -313,10 +313,12 @@ def make_hmm(num_states: int, dim: int, num_lags: int, kappa):
     """
     import jax
     import jax.numpy as jnp
-    from jax import vmap
     from dynamax.hidden_markov_model import LinearAutoregressiveHMM
-    from dynamax.hidden_markov_model.models.arhmm import LinearAutoregressiveHMMEmissions
+    from dynamax.hidden_markov_model.models.arhmm import (
+        LinearAutoregressiveHMMEmissions,
+    )
     from dynamax.utils.utils import pytree_sum
+    from jax import vmap
 
     class Emissions(LinearAutoregressiveHMMEmissions):
         def m_step(self, params, props, batch_stats, m_step_state):
@@ -401,17 +403,20 @@ def make_params(initial_probs, transition_matrix, weights, biases, covs):
     (K, P, P * num_lags), (K, P), (K, P, P)."""
     import jax.numpy as jnp
     from dynamax.hidden_markov_model.models.arhmm import (
-        ParamsLinearAutoregressiveHMM, ParamsLinearRegressionHMMEmissions,
-        ParamsStandardHMMInitialState, ParamsStandardHMMTransitions)
+        ParamsLinearAutoregressiveHMM,
+        ParamsLinearRegressionHMMEmissions,
+        ParamsStandardHMMInitialState,
+        ParamsStandardHMMTransitions,
+    )
 
-    f32 = lambda a: jnp.asarray(a, jnp.float32)  # noqa: E731
+    f32 = lambda a: jnp.asarray(a, jnp.float32)
     return ParamsLinearAutoregressiveHMM(
         ParamsStandardHMMInitialState(f32(initial_probs)),
         ParamsStandardHMMTransitions(f32(transition_matrix)),
         ParamsLinearRegressionHMMEmissions(f32(weights), f32(biases), f32(covs)))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def programs(num_states: int, dim: int, num_lags: int) -> SimpleNamespace:
     """The programs of one (K, P, num_lags), built once per process.
 
@@ -437,33 +442,12 @@ def programs(num_states: int, dim: int, num_lags: int) -> SimpleNamespace:
     """
     import jax
     import jax.numpy as jnp
-    from dynamax.hidden_markov_model.inference import (HMMPosterior, hmm_backward_filter,
-                                                       hmm_filter, hmm_posterior_mode)
+    from dynamax.hidden_markov_model.inference import hmm_filter, hmm_posterior_mode
 
     K, P, L = int(num_states), int(dim), int(num_lags)
     # (traced, not run: dynamax's initialize draws from the prior, which would compile)
     _, props = jax.eval_shape(lambda key: make_hmm(K, P, L, 0.0).initialize(key),
                               jax.random.PRNGKey(0))
-
-    def terms(hmm, params, x, u, mask):
-        init, A, ll = hmm._inference_args(params, x, u)
-        return init, A, jnp.where(mask[:, None], ll, 0.0)
-
-    def e_step(hmm, params, x, u, mask):
-        init, A, ll = terms(hmm, params, x, u, mask)
-        filt = hmm_filter(init, A, ll)  # dynamax's two-filter smoother, less its trans_probs
-        _, backward = hmm_backward_filter(A, ll)
-        p = filt.filtered_probs * backward
-        p = p / p.sum(1, keepdims=True)
-        post = HMMPosterior(marginal_loglik=filt.marginal_loglik,
-                            filtered_probs=filt.filtered_probs,
-                            predicted_probs=filt.predicted_probs, smoothed_probs=p * mask[:, None],
-                            initial_probs=p[0],
-                            trans_probs=expected_transitions(A, filt.filtered_probs, p, mask))
-        stats = (hmm.initial_component.collect_suff_stats(params.initial, post, u),
-                 hmm.transition_component.collect_suff_stats(params.transitions, post, u),
-                 hmm.emission_component.collect_suff_stats(params.emissions, post, x, u))
-        return stats, post.marginal_loglik
 
     def label(params, X, U, mask):
         hmm0 = make_hmm(K, P, L, 0.0)  # kappa only enters the prior, which only EM uses
@@ -505,6 +489,39 @@ def programs(num_states: int, dim: int, num_lags: int) -> SimpleNamespace:
 
     return SimpleNamespace(em=jax.jit(em, static_argnames="num_iters"), label=jax.jit(label),
                            init=init)
+
+
+def terms(hmm, params, x, u, mask):
+    """(initial probs (K,), transition matrix (K, K), log-likelihoods (T, K)) of one padded
+    sequence x (T, P), inputs u, mask (T,): padded frames get a flat (zero) log-likelihood."""
+    import jax.numpy as jnp
+
+    init, A, ll = hmm._inference_args(params, x, u)
+    return init, A, jnp.where(mask[:, None], ll, 0.0)
+
+
+def e_step(hmm, params, x, u, mask):
+    """dynamax's E-step (its ``e_step``: two-filter smoothing, then each component's
+    sufficient statistics) on one padded sequence, with :func:`expected_transitions` for the
+    transition counts and padded frames weighted 0. Returns (stats, log-likelihood)."""
+    from dynamax.hidden_markov_model.inference import (
+        HMMPosterior,
+        hmm_backward_filter,
+        hmm_filter,
+    )
+
+    init, A, ll = terms(hmm, params, x, u, mask)
+    filt = hmm_filter(init, A, ll)
+    p = filt.filtered_probs * hmm_backward_filter(A, ll)[1]
+    p = p / p.sum(1, keepdims=True)
+    post = HMMPosterior(marginal_loglik=filt.marginal_loglik, filtered_probs=filt.filtered_probs,
+                        predicted_probs=filt.predicted_probs, smoothed_probs=p * mask[:, None],
+                        initial_probs=p[0],
+                        trans_probs=expected_transitions(A, filt.filtered_probs, p, mask))
+    stats = (hmm.initial_component.collect_suff_stats(params.initial, post, u),
+             hmm.transition_component.collect_suff_stats(params.transitions, post, u),
+             hmm.emission_component.collect_suff_stats(params.emissions, post, x, u))
+    return stats, post.marginal_loglik
 
 
 def expected_transitions(A, filtered, smoothed, mask):
@@ -567,7 +584,7 @@ def fit(features: Features, xs: list[np.ndarray], num_states: int, kappa: float,
             f"{num_states}, kappa {kappa}, {num_lags} lag(s) on {features.dim} dims.")
     ll, r, params, lps = best
     hyper = {"num_states": int(num_states), "kappa": float(kappa), "num_lags": int(num_lags),
-             "n_pcs": None if features.components is None else int(len(features.components)),
+             "n_pcs": None if features.components is None else len(features.components),
              "num_iters": int(num_iters), "seed": int(seed), "num_restarts": int(num_restarts),
              "restart": int(r)}
     return ARHMM(features, params, hyper, lps, runs)

@@ -50,29 +50,15 @@ def sample(seed: int, lengths, K=4, lat=10, D=67, stay=0.98, bias=0.3):
 
 
 def with_transitions(hmm):
-    """``hmm`` whose E-step takes its expected transitions from ``arhmm.expected_transitions``."""
+    """``hmm`` whose E-step is ``arhmm.e_step`` (our expected transitions), all frames real."""
     import types
 
     import jax.numpy as jnp
-    from dynamax.hidden_markov_model.inference import (HMMPosterior, hmm_backward_filter,
-                                                       hmm_filter)
 
-    from ncssm_policies.arhmm import expected_transitions
+    from ncssm_policies.arhmm import e_step
 
-    def e_step(self, params, x, u):
-        init, A, ll = self._inference_args(params, x, u)
-        filt = hmm_filter(init, A, ll)
-        p = filt.filtered_probs * hmm_backward_filter(A, ll)[1]
-        p = p / p.sum(1, keepdims=True)
-        post = HMMPosterior(filt.marginal_loglik, filt.filtered_probs, filt.predicted_probs,
-                            p, p[0], expected_transitions(A, filt.filtered_probs, p,
-                                                          jnp.ones(len(x), bool)))
-        return (self.initial_component.collect_suff_stats(params.initial, post, u),
-                self.transition_component.collect_suff_stats(params.transitions, post, u),
-                self.emission_component.collect_suff_stats(params.emissions, post, x, u)), \
-            post.marginal_loglik
-
-    hmm.e_step = types.MethodType(e_step, hmm)
+    hmm.e_step = types.MethodType(
+        lambda self, params, x, u: e_step(self, params, x, u, jnp.ones(len(x), bool)), hmm)
     return hmm
 
 

@@ -272,7 +272,7 @@ def test_reference_fit_matches_plain_dynamax(name, tmp_path):
     L = min(len(x) for x in train)  # equal pieces: dynamax batches only equal lengths
     X = jax.numpy.asarray(np.stack([x[k * L:(k + 1) * L] for x in train
                                     for k in range(len(x) // L)]))
-    params, lps = hmm.fit_em(params, props, X, jax.vmap(hmm.compute_inputs)(X), num_iters=40,
+    params, _ = hmm.fit_em(params, props, X, jax.vmap(hmm.compute_inputs)(X), num_iters=40,
                              verbose=False)
     plain = [np.asarray(hmm.most_likely_states(params, x, hmm.compute_inputs(x))) for x in xs]
     plain_ari = adjusted_rand_score(np.concatenate(truth), np.concatenate(plain))
@@ -379,8 +379,11 @@ def test_expected_transitions_are_exact_where_dynamax_drops_sticky_switches():
     import itertools
 
     import jax.numpy as jnp
-    from dynamax.hidden_markov_model.inference import (hmm_backward_filter, hmm_filter,
-                                                       hmm_two_filter_smoother)
+    from dynamax.hidden_markov_model.inference import (
+        hmm_backward_filter,
+        hmm_filter,
+        hmm_two_filter_smoother,
+    )
 
     from ncssm_policies.arhmm import expected_transitions
 
