@@ -477,6 +477,7 @@ def evaluate(policy, num_envs: int = 4, episodes: int = 8, backend: str = "cpu",
             if bar is not None:
                 bar.close()
     res = results[0]
+    notes += res.summary.pop("notes", [])
     extra = dict(mode=mode.name if mode else f"baseline {where}", body=body, backend=backend,
                  checkpoint=str(pol.path) if pol is not None else None,
                  **{k: v for k, v in physics.items() if v is not None and k != "impl"})
@@ -783,7 +784,7 @@ def _run_mjx(setup: _Setup, store, body, clip_dir, clips):
     keys = jax.random.split(jax.random.PRNGKey(setup.seed), M)
     state = jax.jit(jax.vmap(env.reset_to))(keys, jnp.asarray(plan.slot[j]),
                                             jnp.asarray(plan.start[j]), jnp.asarray(plan.noise[j]))
-    c = (state, init(), jnp.ones(M, bool), jnp.zeros(M, jnp.int32))
+    c, n_devices = shard_envs((state, init(), jnp.ones(M, bool), jnp.zeros(M, jnp.int32)), M)
     while not all(e.full for e in eps):
         c, out = chunk(*c)
         out = jax.device_get(out)
@@ -792,8 +793,29 @@ def _run_mjx(setup: _Setup, store, body, clip_dir, clips):
             raise env.overflow_error(overflow.max(axis=0))
         setup.add(eps, out)
     results = [e.result() for e in eps]
-    results[0].summary["impl"] = env.impl
+    results[0].summary.update(impl=env.impl, devices=n_devices)
+    if n_devices < len(jax.local_devices()):
+        results[0].summary.setdefault("notes", []).append(
+            f"{M} envs do not divide over the {len(jax.local_devices())} local devices; all ran "
+            f"on one. Pick num_envs so that num_envs x (1 + baselines) divides.")
     return results, env.obs_layout
+
+
+def shard_envs(tree, M: int):
+    """``(tree, n_devices)``: ``tree`` placed over every local device (``jax.sharding``), each
+    leaf whose leading axis is the ``M`` envs split along it and the rest replicated, so the
+    jitted scan runs its envs on all devices at once (GSPMD). With one device, or ``M`` not
+    divisible by their number, ``tree`` is returned as is on one device."""
+    import jax
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+    devices = jax.local_devices()
+    if len(devices) < 2 or M % len(devices):
+        return tree, 1
+    mesh = Mesh(np.array(devices), ("envs",))
+    split, rep = NamedSharding(mesh, PartitionSpec("envs")), NamedSharding(mesh, PartitionSpec())
+    return jax.tree.map(lambda a: jax.device_put(a, split if np.ndim(a) and np.shape(a)[0] == M
+                                                 else rep), tree), len(devices)
 
 
 # ----------------------------------------------------------------------------------------------

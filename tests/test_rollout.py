@@ -388,3 +388,33 @@ def test_expert_compare_script_runs(test_clips, capsys):
         sys.argv = argv
     out = capsys.readouterr().out
     assert "replay" in out and "feedback G 0.5" in out and "zero" in out
+
+
+def test_mjx_evaluation_shards_its_envs_over_local_devices(test_clips, tmp_path):
+    """On 2 host devices the MJX scan's envs are split over both (jax.sharding), and every
+    episode matches the 1-device run."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    kw = dict(clip_dir=str(test_clips), backend="mjx", impl="jax", num_envs=2, episodes=4,
+              seed=3, clips=[0, 1], baselines=("expert",))
+    code = (f"import json, sys; from ncssm_policies.rollout import evaluate; "
+            f"r = evaluate('zero', **json.loads(sys.argv[1])); "
+            f"print(json.dumps({{'devices': r.summary['devices'], 'episodes': "
+            f"{{k: v.tolist() for k, v in r.episodes.items()}}, 'expert': "
+            f"{{k: v.tolist() for k, v in r.baselines['expert'].episodes.items()}}}}))")
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+           "JAX_PLATFORMS": "cpu"}
+    out = subprocess.run([sys.executable, "-c", code, json.dumps(kw)], env=env, text=True,
+                         capture_output=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    two = json.loads(out.stdout.strip().splitlines()[-1])
+    one = evaluate("zero", **kw)
+    assert two["devices"] == 2 and one.summary["devices"] == 1
+    for got, want in ((two["episodes"], one.episodes),
+                      (two["expert"], one.baselines["expert"].episodes)):
+        for k in ("clip", "start", "length"):
+            np.testing.assert_array_equal(got[k], want[k])
+        np.testing.assert_allclose(got["err_joints"], want["err_joints"], rtol=1e-5, atol=1e-6)
