@@ -222,25 +222,19 @@ class ARHMM:
     em_log_probs: np.ndarray = field(default_factory=lambda: np.zeros(0))
     restarts: list = field(default_factory=list)
 
-    def _batch(self, xs: list[np.ndarray]):
-        import jax.numpy as jnp
-
-        L = self.hyper["num_lags"]
-        return programs(self.hyper["num_states"], self.features.dim, L), \
-            tuple(jnp.asarray(a) for a in padded(xs, L))
-
     def decode(self, xs: list[np.ndarray]) -> list[np.ndarray]:
         """The most likely state sequence (T_i,) int32 of each feature sequence (T_i, P)."""
         return self.label(xs)[0]
 
-    def log_likelihood(self, xs: list[np.ndarray]) -> np.ndarray:
-        """(n,) log p(x_i) of each feature sequence, marginal over states."""
-        return self.label(xs)[1]
-
     def label(self, xs: list[np.ndarray]) -> tuple[list[np.ndarray], np.ndarray]:
-        """Both of the above in one pass: states [(T_i,) int32] and (n,) log-likelihoods."""
-        prog, (X, U, mask) = self._batch(xs)
-        z, ll = prog.label(self.params, X, U, mask)
+        """Viterbi states [(T_i,) int32] and (n,) log p(x_i), marginal over states, of each
+        feature sequence (T_i, P), in one padded pass."""
+        import jax.numpy as jnp
+
+        L = self.hyper["num_lags"]
+        X, U, mask = (jnp.asarray(a) for a in padded(xs, L))
+        z, ll = programs(self.hyper["num_states"], self.features.dim, L).label(
+            self.params, X, U, mask)
         z = np.asarray(z, np.int32)
         return [z[i, :len(x)] for i, x in enumerate(xs)], np.asarray(ll, np.float64)
 
