@@ -251,6 +251,7 @@ class Setup:
     dims: dict
     resume: tuple[str, int] | None = None
     saved: dict | None = None
+    on_epoch: Any = None  # see train()
 
 
 @dataclass
@@ -265,8 +266,13 @@ class State:
 
 
 def train(cfg: TrainConfig, run_dir: str | Path | None = None, progress: bool = True,
-          plots: bool = True) -> RunResult:
-    """Train ``cfg``. With ``run_dir`` holding checkpoints, resume from its newest one."""
+          plots: bool = True, on_epoch=None) -> RunResult:
+    """Train ``cfg``. With ``run_dir`` holding checkpoints, resume from its newest one.
+
+    ``on_epoch(epoch, step, val_loss, scores)``, when given, is called after each epoch's
+    validation and checkpoints (``scores``: the closed-loop scores of that epoch, or None); an
+    exception it raises (a sweep pruning the trial, say) ends the run there, checkpoints kept.
+    """
     from ncssm_policies import checkpoint as ckpt
 
     run_dir = Path(run_dir) if run_dir is not None else new_run_dir(cfg)
@@ -286,7 +292,8 @@ def train(cfg: TrainConfig, run_dir: str | Path | None = None, progress: bool = 
 
     normalizer = ckpt.norm_from_json(saved["norm"]) if saved else None
     train_ds, val_ds = make_datasets(cfg, clip_dir, normalizer, resume[1] if resume else 0)
-    setup = Setup(cfg, run_dir, ckpt_root, clip_dir, train_ds, val_ds, {}, resume, saved)
+    setup = Setup(cfg, run_dir, ckpt_root, clip_dir, train_ds, val_ds, {}, resume, saved,
+                  on_epoch)
     try:
         setup.dims = dims = data_dims(cfg, train_ds)
         if saved and saved["meta"].get("dims") != dims:
@@ -351,6 +358,8 @@ def run(setup: Setup, progress: bool = True, plots: bool = True) -> RunResult:
             if rounds is not None and epoch + 1 in rounds:
                 _dagger_round(setup, model, state, rounds.index(epoch + 1) + 1, epoch + 1,
                               logger, score)
+            if setup.on_epoch is not None:
+                setup.on_epoch(epoch, step, val_loss, score)
             if rounds is not None and epoch + 1 == cfg.epochs:  # the last point of dagger.png
                 logger.log({"step": step, "epoch": epoch, "dagger_final": True,
                             "train_frames": setup.train_ds.frames,
