@@ -649,7 +649,18 @@ def main(argv=None) -> int:
     p.add_argument("--list-policies", action="store_true",
                    help="list the registered policies and broken plugins, then exit")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    sweep = p.add_argument_group("Optuna sweeps (see configs/sweep.yaml)")
+    sweep.add_argument("--sweep", metavar="YAML", help="run the sweep in YAML instead of one run")
+    sweep.add_argument("--workers", type=int, default=1, metavar="N", help="worker processes")
+    sweep.add_argument("--slurm", action="store_true", help="the workers as a SLURM job array")
+    sweep.add_argument("--storage", metavar="URL", help="the study's database (SQLAlchemy URL)")
+    sweep.add_argument("--report", action="store_true", help="only report the sweep so far")
+    sweep.add_argument("--sweep-worker", metavar="ID", help=argparse.SUPPRESS)  # one worker
     args = p.parse_args(argv)
+    if args.sweep:
+        from ncssm_policies.sweep import main as sweep_main
+
+        return sweep_main(args, train)
 
     if args.list_policies:
         from ncssm_policies.__main__ import main as policies_main
