@@ -93,9 +93,12 @@ class ClipDataset:
         start_step: the index of the first batch. Batch ``k`` depends only on the seed, the
             split and ``k``, so a dataset started at step ``k`` yields exactly the batches an
             uninterrupted one yields from its ``k``-th on (what a resumed run needs).
+        shard: ``(index, count)``: yield only rows ``[index B / count, (index + 1) B / count)``
+            of each global batch of B (one process's share in multi-process training), reading
+            only their segments. The rows are those of the unsharded batch, noise included.
 
     ``x_in`` is an array (B, T, D) for one-part modes and a tuple of arrays for two-part modes;
-    ``x_tgt`` is (B, T, D_tgt). All float32.
+    ``x_tgt`` is (B, T, D_tgt) (B / count rows each when sharded). All float32.
     """
 
     def __init__(
@@ -116,6 +119,7 @@ class ClipDataset:
         prefetch: int = 2,
         start_step: int = 0,
         syllable_key: str = SYLLABLES,
+        shard: tuple[int, int] = (0, 1),
     ):
         self.mode = get_mode(mmode)
         self.syllable_key = check_syllable_key(syllable_key)
@@ -132,6 +136,12 @@ class ClipDataset:
         keys = store_keys(self.store, syllable_key) if SYLLABLES in self.mode.sources else self.store.keys
         check_sources(self.mode, keys, self.store.obs_layout, str(self.root_dir), syllable_key)
         self.batch_size, self.split, self.seg_len = int(batch_size), split, int(seg_len)
+        index, count = shard
+        if not (0 <= index < count and self.batch_size % count == 0):
+            raise ValueError(f"shard {shard!r}: expected (index, count) with 0 <= index < count "
+                             f"and count dividing batch_size {self.batch_size}.")
+        share = self.batch_size // count
+        self._rows = slice(index * share, (index + 1) * share)
         self.preload, self.test_batch, self.noise_std = preload, test_batch, float(noise_std)
         self.seed, self.train_frac, self.prefetch = seed, train_frac, prefetch
 
@@ -254,10 +264,10 @@ class ClipDataset:
 
     def _next_batch(self):
         k, self._step = self._step, self._step + 1
-        clips, starts = self.draw(k)
+        clips, starts = (a[self._rows] for a in self.draw(k))
         noise_rng = np.random.default_rng([self.seed, 3, k])  # its own stream: noise never moves sampling
         seg = {s: np.stack([self._segment(int(c), s, int(t)) for c, t in zip(clips, starts)])
-               for s in self.mode.sources}  # (B, L + 1, D)
+               for s in self.mode.sources}  # (B / count, L + 1, D)
         x_in = tuple(seg[s][:, :-1] for s in self.mode.x_in)
         x_tgt = seg[self.mode.x_tgt][:, 1:]
         if self.normalizer is not None:
@@ -265,8 +275,10 @@ class ClipDataset:
             x_in = x_in if isinstance(x_in, tuple) else (x_in,)
             x_tgt = self.normalizer.normalize_tgt(x_tgt)
         if self.split == "train" and self.noise_std > 0 and not self.test_batch:
+            B = self.batch_size  # the global batch's noise, then this shard's rows of it
             x_in = tuple(
-                x if s == "syllables" else x + self.noise_std * noise_rng.standard_normal(x.shape, np.float32)
+                x if s == "syllables" else x + self.noise_std * noise_rng.standard_normal(
+                    (B, *x.shape[1:]), np.float32)[self._rows]
                 for s, x in zip(self.mode.x_in, x_in)
             )
         x_in = tuple(np.asarray(x, np.float32) for x in x_in)

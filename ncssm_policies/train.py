@@ -48,9 +48,13 @@ def make_datasets(cfg: TrainConfig, root: Path, normalizer, start_step: int):
 
 
 def _dataset_args(cfg: TrainConfig) -> dict:
+    from ncssm_policies import distributed
+
+    # With several processes, each reads only its own rows of every global batch.
     return dict(batch_size=cfg.batch_size, train_frac=cfg.train_frac, seg_len=cfg.seg_len,
                 preload=cfg.preload, test_batch=cfg.test_batch, mmode=cfg.mmode,
-                clip_idx=cfg.clip_idx, seed=cfg.seed, syllable_key=cfg.syllable_key)
+                clip_idx=cfg.clip_idx, seed=cfg.seed, syllable_key=cfg.syllable_key,
+                shard=distributed.shard())
 
 
 def train_dataset(cfg: TrainConfig, root: Path, normalizer, start_step: int,
@@ -139,6 +143,18 @@ def make_steps(model, tx):
 # ----------------------------------------------------------------------------------------------
 
 
+class NullLogger:
+    """The logger of every process but process 0: logs nothing."""
+
+    path = None
+
+    def log(self, record: dict) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 class Logger:
     """Metrics to ``metrics.jsonl`` always, and to TensorBoard or W&B when ``logger`` asks."""
 
@@ -212,18 +228,47 @@ def new_run_dir(cfg: TrainConfig) -> Path:
 
 
 def _shardings(batch_size: int):
-    """(replicated, batch-sharded) NamedShardings over every device, or None on one device."""
+    """(replicated, batch-sharded) NamedShardings over every device of every process, or None
+    on one device. The devices are ordered by process, so process ``p`` holds rows
+    ``[p B / P, (p + 1) B / P)`` of each batch: the rows its dataset reads."""
     import jax
-    from jax.sharding import NamedSharding, PartitionSpec
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-    n = jax.device_count()
+    n, procs = jax.device_count(), jax.process_count()
     if n == 1:
         return None
     if batch_size % n:
-        raise ConfigError(f"Config key 'batch_size' is {batch_size}, which the {n} devices "
+        where = f"{n} devices" + (f" of the {procs} processes" if procs > 1 else "")
+        raise ConfigError(f"Config key 'batch_size' is {batch_size}, which the {where} "
                           f"cannot split evenly; use a multiple of {n}.")
-    mesh = jax.make_mesh((n,), ("data",))
+    devices = sorted(jax.devices(), key=lambda d: (d.process_index, d.id))
+    mesh = Mesh(np.array(devices), ("data",))
     return NamedSharding(mesh, PartitionSpec()), NamedSharding(mesh, PartitionSpec("data"))
+
+
+def _put(tree, sharding):
+    """``tree`` (host or single-device arrays, the same on every process) as global arrays of
+    ``sharding``; each process supplies only the pieces its own devices hold."""
+    import jax
+
+    if sharding is None:
+        return jax.device_put(tree)
+
+    def put(x):
+        x = np.asarray(x)
+        return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+
+    return jax.tree.map(put, tree)
+
+
+def _put_rows(batch, sharding):
+    """This process's rows of a global batch (``batch``, as its dataset yields them) as global
+    arrays split over the devices of every process."""
+    import jax
+
+    if sharding is None:
+        return jax.device_put(batch)
+    return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), batch)
 
 
 def r2_scores(sse: np.ndarray, total: np.ndarray, sumsq: np.ndarray, n: int) -> dict:
@@ -274,10 +319,22 @@ def train(cfg: TrainConfig, run_dir: str | Path | None = None, progress: bool = 
     exception it raises (a sweep pruning the trial, say) ends the run there, checkpoints kept.
     """
     from ncssm_policies import checkpoint as ckpt
+    from ncssm_policies import distributed
 
-    run_dir = Path(run_dir) if run_dir is not None else new_run_dir(cfg)
+    multi = _check_multiprocess(cfg)
+    _shardings(cfg.batch_size)  # refuses a batch the devices cannot split, before any reading
+    if multi:
+        distributed.barrier("start")  # every process looks for checkpoints before any writes
+    # Every process writes to process 0's run folder; process 0 makes built-in clips first.
+    run_dir = Path(distributed.share_text(
+        "run_dir", None if not distributed.is_main() else
+        str(run_dir if run_dir is not None else new_run_dir(cfg))))
     ckpt_root = Path(cfg.ckpt_dir) if cfg.ckpt_dir else run_dir / "checkpoints"
+    if multi and not distributed.is_main():
+        distributed.barrier("clips")
     clip_dir = resolve_clip_dir(cfg)
+    if multi and distributed.is_main():
+        distributed.barrier("clips")
 
     # Resume: the newest checkpoint of this run folder, if any.
     resume = None
@@ -311,6 +368,19 @@ def train(cfg: TrainConfig, run_dir: str | Path | None = None, progress: bool = 
         val_ds.close()
 
 
+def _check_multiprocess(cfg: TrainConfig) -> bool:
+    """True with several processes; refuses what only one process can do."""
+    import jax
+
+    if jax.process_count() == 1:
+        return False
+    if cfg.dagger is not None or cfg.select == "closed_loop":
+        key = "dagger" if cfg.dagger is not None else "select: closed_loop"
+        raise ConfigError(f"Config key {key!r} rolls the policy out during training, which runs "
+                          f"on one process; train it without --num-processes (or srun -n 1).")
+    return True
+
+
 def run(setup: Setup, progress: bool = True, plots: bool = True) -> RunResult:
     """The run, top to bottom: build the model and optimizer, start (or restore) the state,
     train epoch by epoch with validation and checkpoints, then write the plots and summary and
@@ -321,24 +391,29 @@ def run(setup: Setup, progress: bool = True, plots: bool = True) -> RunResult:
     from ncssm_env.jax_cache import enable_compilation_cache
     from ncssm_policies import checkpoint as ckpt
 
+    from ncssm_policies import distributed
+
     cfg = setup.cfg
+    main_process = distributed.is_main()  # logs, plots and writes the summary
     enable_compilation_cache()  # a second run of the same shapes loads its compiled step
     model = build_model(cfg, setup.dims)
     total = cfg.epochs * cfg.iters_per_epoch
     tx, lr_schedule = make_optimizer(cfg, total)
-    setup.run_dir.mkdir(parents=True, exist_ok=True)
-    (setup.run_dir / "config.yaml").write_text(_yaml(cfg))
+    if main_process:
+        setup.run_dir.mkdir(parents=True, exist_ok=True)
+        (setup.run_dir / "config.yaml").write_text(_yaml(cfg))
     manager = ckpt.Checkpoints(setup.ckpt_root, cfg.keep_ckpts)
     state, start = _start(setup, model, tx, manager)
 
     shard = _shardings(cfg.batch_size)
-    put_batch = (lambda t: jax.device_put(t, shard[1])) if shard else jax.device_put
+    put_batch = lambda batch: _put_rows(batch, shard and shard[1])  # noqa: E731
     train_step, eval_step = make_steps(model, tx)
-    val_batches = [put_batch(next(setup.val_ds)) for _ in range(cfg.val_steps)]
+    val_host = [next(setup.val_ds) for _ in range(cfg.val_steps)]  # this process's rows
+    val_batches = [put_batch(batch) for batch in val_host]
     norm_json = ckpt.norm_to_json(setup.train_ds.normalizer)
-    logger = Logger(cfg, setup.run_dir)
+    logger = Logger(cfg, setup.run_dir) if main_process else NullLogger()
     bar = tqdm(total=total, initial=start, desc=f"ncssm-train {cfg.name}", unit="step",
-               disable=not progress, dynamic_ncols=True)
+               disable=not (progress and main_process), dynamic_ncols=True)
     train_loss, val_loss, r2 = float("nan"), float("nan"), {}
     try:
         rounds = None if cfg.dagger is None else _dagger_resume(setup, model, state, start,
@@ -370,8 +445,12 @@ def run(setup: Setup, progress: bool = True, plots: bool = True) -> RunResult:
         manager.close()
     result = RunResult(setup.run_dir, total, train_loss, val_loss, r2,
                        resumed_from=setup.resume[1] if setup.resume else None)
-    return _finish(setup, result, model, state.params, val_batches[0], logger.path, plots,
-                   progress)
+    if main_process:
+        # Host copies: with several processes, a global array takes every process to compute.
+        result = _finish(setup, result, model, jax.device_get(state.params), val_host[0],
+                         logger.path, plots, progress)
+    distributed.barrier("finished")  # the others wait for process 0's plots and evaluation
+    return result
 
 
 def _start(setup: Setup, model, tx, manager) -> tuple[State, int]:
@@ -395,7 +474,7 @@ def _start(setup: Setup, model, tx, manager) -> tuple[State, int]:
         best_val = setup.saved["meta"].get("best_val_loss") or math.inf
         best_score = setup.saved["meta"].get("best_score")
     shard = _shardings(cfg.batch_size)
-    put = (lambda t: jax.device_put(t, shard[0])) if shard else jax.device_put
+    put = lambda tree: _put(tree, shard and shard[0])  # noqa: E731  (replicated)
     return State(put(params), put(train_state["opt_state"]), put(train_state["key"]),
                  best_val, -math.inf if best_score is None else best_score), start
 
@@ -649,6 +728,12 @@ def main(argv=None) -> int:
     p.add_argument("--list-policies", action="store_true",
                    help="list the registered policies and broken plugins, then exit")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    dist = p.add_argument_group(
+        "several processes (data-parallel; inside srun with several tasks they come from SLURM)")
+    dist.add_argument("--coordinator", metavar="HOST:PORT",
+                      help="process 0's address, the same for every process")
+    dist.add_argument("--num-processes", type=int, metavar="N", help="processes in the run")
+    dist.add_argument("--process-id", type=int, metavar="I", help="this process, 0 to N-1")
     sweep = p.add_argument_group("Optuna sweeps (see configs/sweep.yaml)")
     sweep.add_argument("--sweep", metavar="YAML", help="run the sweep in YAML instead of one run")
     sweep.add_argument("--workers", type=int, default=1, metavar="N", help="worker processes")
@@ -678,10 +763,14 @@ def main(argv=None) -> int:
             cfg = load_config(args.config or saved, args.override)
         else:
             cfg = load_config(args.config, args.override)
+        from ncssm_policies import distributed
+
+        distributed.initialize(args.coordinator, args.num_processes, args.process_id)
         t0 = time.perf_counter()
         result = train(cfg, run_dir=run_dir, progress=not args.no_progress)
-        target = json.loads(Path(result.paths["summary"]).read_text())["target"]
-        print(summary_text(cfg, result, target, time.perf_counter() - t0))
+        if distributed.is_main():
+            target = json.loads(Path(result.paths["summary"]).read_text())["target"]
+            print(summary_text(cfg, result, target, time.perf_counter() - t0))
     except (ConfigError, TrainingError, ValueError, OSError) as err:
         print(f"ncssm-train: error: {err}", file=sys.stderr)
         return 2

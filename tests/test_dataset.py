@@ -179,6 +179,19 @@ def test_noise_only_on_train_inputs(clips):
     np.testing.assert_array_equal(a["x_in"][1]["scale"], b["x_in"][1]["scale"])
 
 
+def test_shards_are_the_rows_of_the_whole_batch(clips):
+    """Each process of a multi-process run reads its rows of the global batch, noise included."""
+    kw = dict(batch_size=6, seg_len=20, seed=4, mmode="syllable_state_intention", noise_std=0.5,
+              preload=False, start_step=2)
+    whole = next(ClipDataset(clips, **kw))
+    parts = [next(ClipDataset(clips, shard=(i, 3), **kw)) for i in range(3)]
+    for k in range(2):
+        np.testing.assert_array_equal(np.concatenate([p[0][k] for p in parts]), whole[0][k])
+    np.testing.assert_array_equal(np.concatenate([p[1] for p in parts]), whole[1])
+    with pytest.raises(ValueError, match="count dividing batch_size 6"):
+        ClipDataset(clips, shard=(0, 4), **kw)
+
+
 def test_test_batch_is_always_the_same_segment(clips):
     ds = ClipDataset(clips, batch_size=3, seg_len=20, test_batch=True, clip_idx=2)
     (x1, y1), (x2, y2) = next(ds), next(ds)
