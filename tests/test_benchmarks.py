@@ -58,6 +58,11 @@ SMOKE = {
         r"ratio \(before / after\): [\d.]+x(.|\n)* +2 +20 +40 +[\d.]+ +[\d.]+",
     ),
     "compile_cache": (["--parts", "train"], r"train +compile cold .* ratio +[\d.]+x"),
+    "distributed": (  # 1 then 2 processes (jax.distributed on localhost), then a 1-trial sweep
+        ["--clips", CLIPS, "--epochs", "2", "--iters", "2", "--batch", "4", "--seg-len", "20",
+         "--d-model", "8", "--trials", "1", "--repeats", "1"],
+        r"ratio 2 / 1: [\d.]+x[\s\S]*ratio bookkeeping / training: [\d.]+",
+    ),
 }
 SLOW: set = set()  # none: compile_cache's smoke run compiles only the train step (vector_env's
 # compiles the env scan it would time)

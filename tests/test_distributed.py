@@ -15,6 +15,8 @@ from ncssm_policies.checkpoint import load_policy
 from ncssm_policies.config import TrainConfig
 from ncssm_policies.train import main, train
 
+REPO = Path(__file__).resolve().parents[1]
+
 # Dropout and input noise on: both must come out the same however the batch is split.
 CFG = dict(seg_len=24, batch_size=4, epochs=2, iters_per_epoch=3, val_steps=1, d_model=16,
            ssm_size=8, blocks=2, n_layers=1, warmup=2, dropout=0.1, noise_std=0.05,
@@ -90,19 +92,51 @@ def test_two_processes_match_two_devices_and_one_and_resume_on_one(test_clips, t
     assert_same(load_policy(resumed, "latest"), single)
 
 
-def test_two_processes_need_a_batch_their_devices_split(test_clips, tmp_path):
+FAKE_SRUN = """#!/bin/bash
+# srun of a 2-task step on this one node: what SLURM sets for each task, then the command.
+pids=()
+for i in 0 1; do
+  SLURM_STEP_NODELIST=localhost SLURM_NTASKS=2 SLURM_PROCID=$i SLURM_LOCALID=0 "$@" &
+  pids+=($!)
+done
+code=0
+for p in "${pids[@]}"; do wait "$p" || code=$?; done
+exit $code
+"""
+
+
+def test_slurm_script_joins_two_tasks_and_refuses_a_batch_they_cannot_split(test_clips,
+                                                                             tmp_path):
+    """slurm/train.sbatch under a fake 2-task srun: jax.distributed reads SLURM's variables,
+    the 2 processes join, and each refuses batch_size 3 in one sentence."""
     cfg = TrainConfig(clip_dir=str(test_clips), runs_dir=str(tmp_path), **{**CFG, "batch_size": 3})
     config = tmp_path / "cfg.yaml"
     config.write_text(cfg.to_json())
-    port = free_port()
-    outs = [finish(p) for p in [launch(config, tmp_path / "run", process=(i, 2), port=port)
-                                for i in range(2)]]
-    for code, _, err in outs:
-        assert code == 2
-        assert err.strip().splitlines() == [
-            "ncssm-train: error: Config key 'batch_size' is 3, which the 2 devices of the 2 "
-            "processes cannot split evenly; use a multiple of 2."]
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "srun").write_text(FAKE_SRUN)
+    (bin_dir / "srun").chmod(0o755)
+    job = next(j for j in range(1000, 5096) if _port_free(j % 4096 + 61440))  # jax's port rule
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "NCSSM_VENV": sys.prefix,
+           "SLURM_JOB_ID": str(job), "RUN_DIR": str(tmp_path / "run"), "JAX_PLATFORMS": "cpu",
+           "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+    out = subprocess.run(["bash", str(REPO / "slurm" / "train.sbatch"), "--config", str(config)],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 2, out.stderr[-3000:]
+    lines = [line for line in out.stderr.splitlines() if line.startswith("ncssm-train")]
+    assert lines == 2 * [
+        "ncssm-train: error: Config key 'batch_size' is 3, which the 2 devices of the 2 "
+        "processes cannot split evenly; use a multiple of 2."], out.stderr[-3000:]
     assert not (tmp_path / "run").exists()
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("localhost", port))
+        except OSError:
+            return False
+    return True
 
 
 @pytest.mark.parametrize("flags, slurm, message", [
