@@ -390,7 +390,6 @@ def run(setup: Setup, progress: bool = True, plots: bool = True) -> RunResult:
 
     from ncssm_env.jax_cache import enable_compilation_cache
     from ncssm_policies import checkpoint as ckpt
-
     from ncssm_policies import distributed
 
     cfg = setup.cfg
