@@ -87,17 +87,6 @@ class Param:
     choices: tuple = ()
     when: dict = field(default_factory=dict)  # key -> allowed values (a list)
 
-    def distribution(self):
-        """The Optuna distribution of this key."""
-        from optuna.distributions import CategoricalDistribution, FloatDistribution, \
-            IntDistribution
-
-        if self.type == "float":
-            return FloatDistribution(self.low, self.high, log=self.log, step=self.step)
-        if self.type == "int":
-            return IntDistribution(self.low, self.high, log=self.log, step=self.step or 1)
-        return CategoricalDistribution(list(self.choices))
-
     def active(self, params: dict) -> bool:
         return all(params.get(k) in allowed for k, allowed in self.when.items())
 

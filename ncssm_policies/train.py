@@ -297,6 +297,7 @@ class Setup:
     resume: tuple[str, int] | None = None
     saved: dict | None = None
     on_epoch: Any = None  # see train()
+    shard: Any = None  # (replicated, batch-sharded) shardings; None on one device
 
 
 @dataclass
@@ -322,7 +323,7 @@ def train(cfg: TrainConfig, run_dir: str | Path | None = None, progress: bool = 
     from ncssm_policies import distributed
 
     multi = _check_multiprocess(cfg)
-    _shardings(cfg.batch_size)  # refuses a batch the devices cannot split, before any reading
+    shard = _shardings(cfg.batch_size)  # refuses a batch the devices cannot split, first
     if multi:
         distributed.barrier("start")  # every process looks for checkpoints before any writes
     # Every process writes to process 0's run folder; process 0 makes built-in clips first.
@@ -350,7 +351,7 @@ def train(cfg: TrainConfig, run_dir: str | Path | None = None, progress: bool = 
     normalizer = ckpt.norm_from_json(saved["norm"]) if saved else None
     train_ds, val_ds = make_datasets(cfg, clip_dir, normalizer, resume[1] if resume else 0)
     setup = Setup(cfg, run_dir, ckpt_root, clip_dir, train_ds, val_ds, {}, resume, saved,
-                  on_epoch)
+                  on_epoch, shard)
     try:
         setup.dims = dims = data_dims(cfg, train_ds)
         if saved and saved["meta"].get("dims") != dims:
@@ -404,7 +405,7 @@ def run(setup: Setup, progress: bool = True, plots: bool = True) -> RunResult:
     manager = ckpt.Checkpoints(setup.ckpt_root, cfg.keep_ckpts)
     state, start = _start(setup, model, tx, manager)
 
-    shard = _shardings(cfg.batch_size)
+    shard = setup.shard
     put_batch = lambda batch: _put_rows(batch, shard and shard[1])  # noqa: E731
     train_step, eval_step = make_steps(model, tx)
     val_host = [next(setup.val_ds) for _ in range(cfg.val_steps)]  # this process's rows
@@ -472,7 +473,7 @@ def _start(setup: Setup, model, tx, manager) -> tuple[State, int]:
         start = int(train_state["step"])
         best_val = setup.saved["meta"].get("best_val_loss") or math.inf
         best_score = setup.saved["meta"].get("best_score")
-    shard = _shardings(cfg.batch_size)
+    shard = setup.shard
     put = lambda tree: _put(tree, shard and shard[0])  # noqa: E731  (replicated)
     return State(put(params), put(train_state["opt_state"]), put(train_state["key"]),
                  best_val, -math.inf if best_score is None else best_score), start
