@@ -7,11 +7,15 @@ advances the reference by one clip frame; the task math is :mod:`ncssm_env.task`
 
 from __future__ import annotations
 
+import dataclasses
+import os
+import warnings
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import gymnasium as gym
 import mujoco
+from gymnasium.envs.registration import EnvSpec
 import numpy as np
 
 from ncssm_data import ClipError, ClipStore
@@ -43,10 +47,16 @@ class TrackEnv(gym.Env):
     Observation: float32 ``(D_obs,)`` named by ``obs_layout``. Action: float32 ``(nu,)`` in the
     actuators' ctrl ranges. ``info`` carries the clip, the frame and ``metrics``: each error
     (``err_*``), reward term (``rew_*``) and termination cause (``term_*``, 0 or 1), the
-    schema :data:`ncssm_env.task.METRICS` that every env shares.
+    schema :data:`ncssm_env.task.METRICS` that every env shares (at reset: zeros, no
+    termination, so that reset's and step's ``info`` have the same keys).
+
+    ``spec`` (set by ``gymnasium.make``) keeps its kwargs as JSON types (:func:`json_kwargs`),
+    so that ``spec.to_json()`` works (Minari stores it).
     """
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 50}
+    RESET_OPTIONS = ("clip", "start", "noise")
+    _spec: EnvSpec | None = None
 
     def __init__(
         self,
@@ -103,6 +113,17 @@ class TrackEnv(gym.Env):
         self._clip_id = -1
         self._t = 0
         self._prev_action = np.zeros(self.model.nu)
+        self._ignored_options: set[str] = set()
+
+    @property
+    def spec(self) -> EnvSpec | None:
+        """The spec ``gymnasium.make`` made the env from, its kwargs as JSON types."""
+        return self._spec
+
+    @spec.setter
+    def spec(self, spec: EnvSpec | None) -> None:
+        self._spec = None if spec is None else \
+            dataclasses.replace(spec, kwargs=json_kwargs(spec.kwargs))
 
     # --- clips --------------------------------------------------------------------------
 
@@ -157,10 +178,11 @@ class TrackEnv(gym.Env):
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)
         options = dict(options or {})
-        unknown = set(options) - {"clip", "start", "noise"}
-        if unknown:
-            raise ValueError(f"Unknown reset option {sorted(unknown)[0]!r}; expected 'clip', "
-                             f"'start' or 'noise'.")
+        for key in sorted(set(options) - set(self.RESET_OPTIONS) - self._ignored_options):
+            # Wrappers pass their own options (Minari's DataCollector: minari_autoseed).
+            warnings.warn(f"TrackEnv ignores the unknown reset option {key!r}; it reads 'clip', "
+                          f"'start' and 'noise'.", stacklevel=2)
+            self._ignored_options.add(key)
         noise = options.get("noise")
         if noise is not None and np.shape(noise) != (self.model.nq - 7,):
             raise ValueError(f"Reset option noise has shape {np.shape(noise)}; expected "
@@ -177,7 +199,8 @@ class TrackEnv(gym.Env):
         start_state(self.model, self.data, clip, t, rng, self.cfg.reset_noise, noise)
         self._clip, self._clip_id, self._t = clip, i, t
         self._prev_action = clip.ctrl[t].copy()
-        return self._obs(self._kin()), {"clip": i, "t": t}
+        return self._obs(self._kin()), {"clip": i, "t": t,
+                                        "metrics": {k: 0.0 for k in _task.METRICS}}
 
     def step(self, action):
         a = np.asarray(action, dtype=np.float64)
@@ -235,3 +258,21 @@ class TrackEnv(gym.Env):
             np, cur, ref, self._prev_action, self.idx.n_end_effectors
         ).astype(np.float32)
 
+
+def json_kwargs(value: Any) -> Any:
+    """``value`` (an env's kwargs) with JSON types for the documented non-JSON ones: paths as
+    strings, arrays and tuples as lists, numpy scalars as Python numbers, a
+    :class:`task.TaskConfig` as the dict of its fields; mappings and lists recursively."""
+    if isinstance(value, _task.TaskConfig):
+        value = {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
+    if isinstance(value, Mapping):
+        return {k: json_kwargs(v) for k, v in value.items()}
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if isinstance(value, np.ndarray):
+        return json_kwargs(value.tolist())
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, (list, tuple)):
+        return [json_kwargs(v) for v in value]
+    return value

@@ -6,6 +6,8 @@ It sits at the top of the house (its ``segment`` fits an AR-HMM, a model), so th
     ncssm-data generate --body rodent --clips 32 --frames 600 --seed 0 --out DIR
     ncssm-data segment --config configs/segment.yaml [--override key=value ...] [--sweep]
     ncssm-data import --qpos FILE [--key qpos] [--fps 50] [--names KEY] --body rodent --out DIR
+    ncssm-data dart --clip-dir DIR --noise 0.1 [--copies 1] [--expert replay] [--seed 0]
+    ncssm-data export-minari CLIP_DIR --id ncssm/rodent-builtin-v0 [--root DIR] [--overwrite]
 """
 
 from __future__ import annotations
@@ -64,7 +66,21 @@ def main(argv: list[str] | None = None) -> int:
                      help="lift the root by this much, or 'floor': so the lowest paw of each "
                           "clip's deepest frame just touches the floor (for fits made against "
                           "another floor height)")
+    mnr = sub.add_parser("export-minari", help="replay clips through NCSSM-Track-v0 into a "
+                                               "Minari dataset (see ncssm_env.minari_export)")
+    mnr.add_argument("clip_dir", metavar="CLIP_DIR", help="a folder of clip_<i>.h5 with /ctrl")
+    mnr.add_argument("--id", required=True, dest="dataset_id", metavar="ID",
+                     help="the dataset id, (namespace/)name-v(version)")
+    mnr.add_argument("--root", metavar="DIR",
+                     help="Minari's datasets folder (default: $MINARI_DATASETS_PATH, else "
+                          "~/.minari/datasets)")
+    mnr.add_argument("--overwrite", action="store_true", help="replace a dataset of that id")
+    mnr.add_argument("--author")
+    mnr.add_argument("--author-email")
+    mnr.add_argument("--code-permalink")
     args = parser.parse_args(argv)
+    if args.command == "export-minari":
+        return _export_minari(args)
     if args.command == "segment":
         return _segment(args)
     if args.command == "import":
@@ -140,6 +156,23 @@ def _import(args) -> int:
         frames = f"{', '.join(map(str, lengths))} frames"
     print(f"ncssm-data import: wrote {len(paths)} clip{'s' * (len(paths) != 1)} of {frames} "
           f"({args.fps:g} fps -> {rate:g} Hz) to {args.out}")
+    return 0
+
+
+def _export_minari(args) -> int:
+    from ncssm_env.minari_export import MinariMissingError, export_minari
+
+    try:
+        s = export_minari(args.clip_dir, args.dataset_id, root=args.root,
+                          overwrite=args.overwrite, author=args.author,
+                          author_email=args.author_email, code_permalink=args.code_permalink)
+    except (MinariMissingError, ValueError, OSError) as err:  # ClipError is a ValueError
+        print(f"ncssm-data: error: {err}", file=sys.stderr)
+        return 2
+    ended = f"; {len(s['terminated'])} terminated early (clips {s['terminated']})" \
+        if s["terminated"] else ""
+    print(f"ncssm-data export-minari: wrote {args.dataset_id} ({s['episodes']} episodes, "
+          f"{s['steps']} steps{ended}) to {s['path']}")
     return 0
 
 
