@@ -233,6 +233,15 @@ def atomic_path(path: str | os.PathLike[str], suffix: str = "") -> Iterator[Path
     _fsync_folder(path.parent)
 
 
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
+    """Write ``text`` to ``path`` through :func:`atomic_path`: the old file or the new one,
+    never half of either."""
+    path = Path(path)
+    with atomic_path(path, suffix=path.suffix) as tmp:
+        tmp.write_text(text)
+    return path
+
+
 def _fsync_folder(folder: Path) -> None:
     """Make the rename durable where the platform allows it (best effort)."""
     try:

@@ -235,21 +235,21 @@ def builtin_clips(body: str = "rodent", n_clips: int = 64, n_frames: int = 600,
 
 def cached(path: Path, fill) -> Path:
     """The cache entry ``path``, made when absent by ``fill(tmp)`` writing into a temporary
-    folder beside it, then renamed into place: an interrupted run leaves no half-made entry,
-    and concurrent runs are safe (the entry is the same whoever finishes first)."""
+    folder beside it, then renamed into place: an interrupted run leaves no half-made entry
+    (the next one removes its temp folder), and concurrent runs wait for the one making it."""
+    from ncssm_data.locks import writing
+
     if path.is_dir():
         return path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    try:
-        fill(tmp)
+    with writing(path.parent, what=f"a process making {path.name}", wait=3600):
+        if path.is_dir():  # made while this process waited
+            return path
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-{os.getpid()}-", dir=path.parent))
         try:
+            fill(tmp)
             os.replace(tmp, path)
-        except OSError:  # another process finished first; its clips are the same
-            if not path.is_dir():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     return path
 
 

@@ -35,7 +35,10 @@ the clip layer it reads and writes.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import functools
+import hashlib
 import json
 import os
 import shutil
@@ -47,7 +50,8 @@ from types import SimpleNamespace
 import h5py
 import numpy as np
 
-from ncssm_data.clips import SCHEMA_KEYS, ClipStore, atomic_path
+from ncssm_data import locks
+from ncssm_data.clips import SCHEMA_KEYS, ClipStore, atomic_path, atomic_write_text
 from ncssm_data.dataset import split_clips
 from ncssm_data.errors import ClipError
 
@@ -621,9 +625,17 @@ def scores(labels: list[np.ndarray], truth: list[np.ndarray] | None, dt: float |
 # ----------------------------------------------------------------------------------------------
 
 
-def check_writable(paths: list[Path], key: str, overwrite: bool) -> None:
+def run_id(cfg: SegmentConfig) -> str:
+    """A digest of everything in ``cfg`` that decides the labels (not ``overwrite``): the
+    labels of an interrupted run carry it, so running the same command again finishes them."""
+    values = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "overwrite"}
+    return hashlib.sha256(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def check_writable(paths: list[Path], key: str, overwrite: bool, run: str | None = None) -> None:
     """Refuse (before anything is written) a reserved key, or an existing one without
-    ``overwrite``."""
+    ``overwrite`` unless it holds the labels of the same ``run`` (an interrupted write of the
+    same command)."""
     if key in RESERVED:
         raise ValueError(f"Dataset /{key} belongs to the clip schema and is never overwritten; "
                          f"choose another out_key.")
@@ -631,9 +643,24 @@ def check_writable(paths: list[Path], key: str, overwrite: bool) -> None:
         return
     for p in paths:
         with h5py.File(p, "r") as f:
-            if key in f:
+            if key in f and (run is None or f[key].attrs.get("run") != run):
                 raise ValueError(f"Clip {p} already has /{key}; pass --overwrite (overwrite: true) "
                                  f"to replace it.")
+
+
+def _label_attr(v):
+    return json.dumps(v) if isinstance(v, (dict, list)) or v is None else v
+
+
+def _has_labels(path: Path, key: str, z: np.ndarray, attrs: dict) -> bool:
+    """Whether clip ``path`` already holds exactly these labels and attrs at ``/key``."""
+    with h5py.File(path, "r") as f:
+        if key not in f:
+            return False
+        ds = f[key]
+        return (np.array_equal(ds[()], np.asarray(z, np.int32))
+                and set(ds.attrs) == set(attrs)
+                and all(np.array_equal(ds.attrs[k], _label_attr(v)) for k, v in attrs.items()))
 
 
 def write_labels(paths: list[Path], labels: list[np.ndarray], key: str, attrs: dict,
@@ -644,13 +671,15 @@ def write_labels(paths: list[Path], labels: list[np.ndarray], key: str, attrs: d
     gets the dataset, is flushed and synced, then replaces the clip), so a failure leaves
     each clip either as it was or complete.
     """
-    check_writable(paths, key, overwrite)
+    check_writable(paths, key, overwrite, attrs.get("run"))
     for p, z in zip(paths, labels):
         with h5py.File(p, "r") as f:
             T = f["obs"].shape[0]
         if len(z) != T:
             raise ValueError(f"{len(z)} labels for clip {p}, which has {T} frames.")
     for p, z in zip(paths, labels):
+        if _has_labels(p, key, z, attrs):  # written by this same run before it was stopped
+            continue
         with atomic_path(p) as tmp:
             shutil.copyfile(p, tmp)
             with h5py.File(tmp, "r+") as f:
@@ -658,7 +687,7 @@ def write_labels(paths: list[Path], labels: list[np.ndarray], key: str, attrs: d
                     del f[key]
                 ds = f.create_dataset(key, data=np.asarray(z, np.int32))
                 for k, v in attrs.items():
-                    ds.attrs[k] = json.dumps(v) if isinstance(v, (dict, list)) or v is None else v
+                    ds.attrs[k] = _label_attr(v)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -734,9 +763,15 @@ def segment(cfg: SegmentConfig, progress: bool = True) -> dict:
     Returns the summary, also written to ``out_dir/summary.json``."""
     data = load_data(cfg)
     out = Path(cfg.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    # One writer per folder: the clips' (labels) and out_dir's (model, summary, plots).
+    with (locks.writing(data.root) if cfg.write_labels else contextlib.nullcontext()), \
+            locks.writing(out):
+        return _segment(cfg, data, out)
+
+
+def _segment(cfg: SegmentConfig, data: Data, out: Path) -> dict:
     if cfg.write_labels:
-        check_writable(data.paths, cfg.out_key, cfg.overwrite)  # before any work
+        check_writable(data.paths, cfg.out_key, cfg.overwrite, run_id(cfg))  # before any work
     if cfg.model:
         model = ARHMM.load(cfg.model)
         xs = [model.features(x, f"the clips in {data.root}") for x in data.raw]
@@ -753,10 +788,10 @@ def segment(cfg: SegmentConfig, progress: bool = True) -> dict:
     summary["plots"] = plots(out, labels, data, model.hyper["num_states"], cfg.n_ethogram)
     if cfg.write_labels:
         attrs = {"model": str(model_path), "feature": model.features.name,
-                 "created_by": "ncssm-data segment", **model.hyper}
+                 "created_by": "ncssm-data segment", "run": run_id(cfg), **model.hyper}
         write_labels(data.paths, labels, cfg.out_key, attrs, overwrite=cfg.overwrite)
         summary["labels"] = f"/{cfg.out_key} in {len(data.paths)} clips"
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
     return summary
 
 
@@ -779,8 +814,8 @@ def sweep(cfg: SegmentConfig, progress: bool = True) -> tuple[list[dict], int]:
     best = pick(rows, cfg.select, cfg.target_duration)
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "sweep.json").write_text(json.dumps({"select": cfg.select, "best": best, "rows": rows},
-                                               indent=2))
+    atomic_write_text(out / "sweep.json",
+                      json.dumps({"select": cfg.select, "best": best, "rows": rows}, indent=2))
     return rows, best
 
 
@@ -830,6 +865,8 @@ def plots(out: Path, labels: list[np.ndarray], data: Data, K: int, n_ethogram: i
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from ncssm_policies.plots import save_figure
+
     paths = {}
     dt = data.dt or 1.0
     unit = "s" if data.dt else "frames"
@@ -851,7 +888,7 @@ def plots(out: Path, labels: list[np.ndarray], data: Data, K: int, n_ethogram: i
     ax.set_title("Ethogram (colours are labels; true and AR-HMM colours are unrelated)")
     fig.tight_layout()
     paths["ethogram"] = str(out / "ethogram.png")
-    fig.savefig(paths["ethogram"], dpi=100)
+    save_figure(fig, paths["ethogram"])
     plt.close(fig)
 
     d = durations(labels) * dt
@@ -863,7 +900,7 @@ def plots(out: Path, labels: list[np.ndarray], data: Data, K: int, n_ethogram: i
     ax.legend()
     fig.tight_layout()
     paths["durations"] = str(out / "durations.png")
-    fig.savefig(paths["durations"], dpi=100)
+    save_figure(fig, paths["durations"])
     plt.close(fig)
 
     if data.truth is not None:
@@ -884,6 +921,6 @@ def plots(out: Path, labels: list[np.ndarray], data: Data, K: int, n_ethogram: i
         fig.colorbar(im, ax=ax, fraction=0.05)
         fig.tight_layout()
         paths["confusion"] = str(out / "confusion.png")
-        fig.savefig(paths["confusion"], dpi=100)
+        save_figure(fig, paths["confusion"])
         plt.close(fig)
     return paths

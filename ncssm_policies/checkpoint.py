@@ -35,8 +35,11 @@ class CheckpointError(ValueError):
 
 
 def _manager(root: Path, kind: str, keep: int, create: bool = True) -> ocp.CheckpointManager:
+    # cleanup_tmp_directories: a save killed midway leaves orbax's temp folder, removed here
+    # by the next manager (the run folder's lock keeps any other writer out).
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=create,
-                                           enable_async_checkpointing=False)
+                                           enable_async_checkpointing=False,
+                                           cleanup_tmp_directories=create)
     return ocp.CheckpointManager(root / kind, options=options)
 
 
@@ -64,6 +67,7 @@ class Checkpoints:
         self.root = Path(root).resolve()
         self.periodic = _manager(self.root, "periodic", keep_ckpts)
         self.best = _manager(self.root, "best", 1)
+        self.keep = {"periodic": keep_ckpts, "best": 1}
 
     def latest(self) -> tuple[str, int] | None:
         """(kind, step) of the newest checkpoint in either manager, or None."""
@@ -78,17 +82,20 @@ class Checkpoints:
     def save(self, kind: str, step: int, params, train, config: TrainConfig, norm: dict | None,
              meta: dict) -> None:
         manager = self.periodic if kind == "periodic" else self.best
-        if step in manager.all_steps():
-            return
-        # Saved from the host: a checkpoint restores on any number of devices.
-        manager.save(step, args=ocp.args.Composite(
-            params=ocp.args.StandardSave(jax.device_get(params)),
-            train=ocp.args.StandardSave(jax.device_get(train)),
-            config=ocp.args.JsonSave(config.to_dict()),
-            norm=ocp.args.JsonSave(norm),
-            meta=ocp.args.JsonSave(_jsonable(meta)),
-        ))
-        manager.wait_until_finished()
+        if step not in manager.all_steps():
+            # Saved from the host: a checkpoint restores on any number of devices.
+            manager.save(step, args=ocp.args.Composite(
+                params=ocp.args.StandardSave(jax.device_get(params)),
+                train=ocp.args.StandardSave(jax.device_get(train)),
+                config=ocp.args.JsonSave(config.to_dict()),
+                norm=ocp.args.JsonSave(norm),
+                meta=ocp.args.JsonSave(_jsonable(meta)),
+            ))
+            manager.wait_until_finished()
+        # A run killed between a save's commit and orbax's removal of the oldest leaves one
+        # checkpoint too many; its rerun (which finds this step saved) removes it.
+        for old in sorted(manager.all_steps())[:-self.keep[kind]]:
+            manager.delete(old)
 
     def close(self) -> None:
         self.periodic.close()

@@ -88,12 +88,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "dart":
         return _dart(args)
 
+    from ncssm_data.locks import writing
     from ncssm_env.synthetic import generate
 
     try:
-        upright = generate(args.out, body=args.body, n_clips=args.clips, n_frames=args.frames,
-                           seed=args.seed)
-    except ValueError as err:
+        with writing(args.out):
+            upright = generate(args.out, body=args.body, n_clips=args.clips,
+                               n_frames=args.frames, seed=args.seed)
+    except (ValueError, OSError) as err:
         print(f"ncssm-data: {err}", file=sys.stderr)
         return 2
     print(f"wrote {args.clips} clips of {args.frames} frames to {args.out}; torso upright in "
@@ -105,6 +107,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _dart(args) -> int:
     from ncssm_data.errors import ClipError
+    from ncssm_data.locks import writing
     from ncssm_env.body import build_model
     from ncssm_env.dart import generate_dart
     from ncssm_policies.registry import UnknownPolicyError, registry
@@ -117,8 +120,9 @@ def _dart(args) -> int:
             with ClipStore(args.out) as store:
                 body = store.body or "rodent"
         expert = registry().get_expert(args.expert).make(build_model(body))
-        counts = generate_dart(args.out, expert, args.dart, copies=args.dart_copies,
-                               seed=args.seed, expert_name=args.expert)
+        with writing(args.out):
+            counts = generate_dart(args.out, expert, args.dart, copies=args.dart_copies,
+                                   seed=args.seed, expert_name=args.expert)
     except (ValueError, ClipError, UnknownPolicyError, OSError) as err:
         print(f"ncssm-data: error: {err}", file=sys.stderr)
         return 2
@@ -139,12 +143,14 @@ def _z_offset(text: str):
 
 def _import(args) -> int:
     from ncssm_data.clips import ClipStore
+    from ncssm_data.locks import writing
     from ncssm_env.importer import import_qpos
 
     try:
-        paths = import_qpos(args.qpos, args.out, body=args.body, key=args.key, fps=args.fps,
-                            names_key=args.names, overwrite=args.overwrite,
-                            z_offset=_z_offset(args.z_offset))
+        with writing(args.out):
+            paths = import_qpos(args.qpos, args.out, body=args.body, key=args.key,
+                                fps=args.fps, names_key=args.names, overwrite=args.overwrite,
+                                z_offset=_z_offset(args.z_offset))
         with ClipStore(args.out) as store:
             lengths, rate = store.lengths, 1 / store.control_dt
     except (ValueError, OSError) as err:  # ClipError is a ValueError

@@ -8,6 +8,17 @@ from pathlib import Path
 import numpy as np
 
 
+
+def save_figure(fig, path, **kwargs) -> Path:
+    """``fig.savefig`` (dpi 100 unless given) through an atomic write: a reader or a killed
+    run sees the old image or the new one, never a part."""
+    from ncssm_data.clips import atomic_path
+
+    path = Path(path)
+    with atomic_path(path, suffix=path.suffix) as tmp:
+        fig.savefig(tmp, **{"dpi": 100, **kwargs})
+    return path
+
 def _pyplot():
     import matplotlib
 
@@ -37,7 +48,7 @@ def learning_curve(metrics: Path, out: Path) -> Path:
     ax.set_ylabel("MSE (normalized units)")
     ax.set_title("learning curve")
     ax.legend()
-    fig.savefig(out, dpi=100)
+    save_figure(fig, out)
     plt.close(fig)
     return out
 
@@ -62,7 +73,7 @@ def pred_vs_true(model, params, batch, normalizer, mmode: str, out: Path, n_dims
     np.atleast_1d(axes)[0].legend(loc="upper right")
     np.atleast_1d(axes)[0].set_title(f"{mmode}: one-step-ahead prediction on a val segment")
     np.atleast_1d(axes)[-1].set_xlabel("frame")
-    fig.savefig(out, dpi=100)
+    save_figure(fig, out)
     plt.close(fig)
     return out
 
@@ -94,6 +105,6 @@ def dagger_curve(metrics: Path, out: Path) -> Path:
     bx.set_xlabel("round")
     bx.set_ylabel("frames")
     bx.set_title("frames labelled by the expert and kept, per round")
-    fig.savefig(out, dpi=100)
+    save_figure(fig, out)
     plt.close(fig)
     return out

@@ -947,9 +947,20 @@ def rollout(cfg: RolloutConfig, progress: bool = True) -> tuple[EvalResult, dict
     result and the paths written."""
     from ncssm_data.clips import atomic_path
 
+    from ncssm_data.locks import writing
+
     ckpt = cfg.checkpoint if cfg.checkpoint in BASELINES else resolve_checkpoint(cfg.checkpoint)
-    t0 = time.perf_counter()
     baseline = cfg.checkpoint in BASELINES
+    out = Path(cfg.out_dir) if cfg.out_dir else \
+        Path("runs") / f"baseline-{cfg.checkpoint}" if baseline else _run_folder(ckpt) / "rollout"
+    with writing(out):  # one writer per output folder, refused before the evaluation
+        return _rollout(cfg, ckpt, baseline, out, progress)
+
+
+def _rollout(cfg: RolloutConfig, ckpt, baseline: bool, out: Path, progress: bool):
+    from ncssm_data.clips import atomic_path
+
+    t0 = time.perf_counter()
     res = evaluate(cfg.checkpoint if baseline else ckpt, num_envs=cfg.num_envs,
                    episodes=cfg.episodes, backend=cfg.backend, clips=cfg.clips,
                    clip_dir=cfg.clip_dir, body=cfg.body, seed=cfg.seed, max_steps=cfg.max_steps,
@@ -958,9 +969,6 @@ def rollout(cfg: RolloutConfig, progress: bool = True) -> tuple[EvalResult, dict
                    iterations=cfg.iterations, ls_iterations=cfg.ls_iterations,
                    baselines=cfg.baselines, behaviour=cfg.behaviour, arhmm=cfg.arhmm)
     res.summary["evaluate_s"] = round(time.perf_counter() - t0, 1)
-    out = Path(cfg.out_dir) if cfg.out_dir else \
-        Path("runs") / f"baseline-{cfg.checkpoint}" if baseline else _run_folder(ckpt) / "rollout"
-    out.mkdir(parents=True, exist_ok=True)
     paths = {"summary": out / "summary.json"}
     meta = {"checkpoint": str(ckpt), "config": dataclasses.asdict(cfg), "summary": res.summary}
     if res.rollouts:

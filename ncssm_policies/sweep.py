@@ -752,13 +752,15 @@ def _plots(study, folder: Path) -> list[Path]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    from ncssm_policies.plots import save_figure
     from optuna.trial import TrialState
     from optuna.visualization import matplotlib as ovm
 
     out = []
     ax = ovm.plot_optimization_history(study)
     path = folder / "optimization_history.png"
-    ax.figure.savefig(path, dpi=100, bbox_inches="tight")
+    save_figure(ax.figure, path, bbox_inches="tight")
     plt.close(ax.figure)
     out.append(path)
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
@@ -772,7 +774,7 @@ def _plots(study, folder: Path) -> list[Path]:
         print(f"No parameter-importance plot: {str(err).strip().splitlines()[0]}")
         return out
     path = folder / "param_importances.png"
-    ax.figure.savefig(path, dpi=100, bbox_inches="tight")
+    save_figure(ax.figure, path, bbox_inches="tight")
     plt.close(ax.figure)
     out.append(path)
     return out

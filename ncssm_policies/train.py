@@ -13,6 +13,7 @@ Run folder ``<runs_dir>/<name>-<YYYYmmdd-HHMMSS>/`` (see the README): ``config.y
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import sys
@@ -23,6 +24,8 @@ from typing import Any
 
 import numpy as np
 
+from ncssm_data import locks
+from ncssm_data.clips import atomic_write_text
 from ncssm_policies.build import build_model, data_dims, dummy_input, resolve_clip_dir
 from ncssm_policies.config import ConfigError, TrainConfig, load_config
 
@@ -155,11 +158,23 @@ class NullLogger:
         pass
 
 
+def _drop_partial_line(path: Path) -> None:
+    """Cut ``path`` back to its last complete line (a run killed mid-write leaves a part)."""
+    try:
+        with path.open("rb+") as f:
+            data = f.read()
+            if data and not data.endswith(b"\n"):
+                f.truncate(data.rfind(b"\n") + 1)
+    except FileNotFoundError:
+        pass
+
+
 class Logger:
     """Metrics to ``metrics.jsonl`` always, and to TensorBoard or W&B when ``logger`` asks."""
 
     def __init__(self, cfg: TrainConfig, run_dir: Path):
         self.path = run_dir / "metrics.jsonl"
+        _drop_partial_line(self.path)  # what a killed run was writing when it died
         self._file = self.path.open("a")
         self._tb = self._wandb = None
         if cfg.logger == "tensorboard":
@@ -330,6 +345,15 @@ def train(cfg: TrainConfig, run_dir: str | Path | None = None, progress: bool = 
     run_dir = Path(distributed.share_text(
         "run_dir", None if not distributed.is_main() else
         str(run_dir if run_dir is not None else new_run_dir(cfg))))
+    # One writer per run folder: a second ncssm-train on it is refused, naming this one.
+    with locks.writing(run_dir) if distributed.is_main() else contextlib.nullcontext():
+        return _train(cfg, run_dir, multi, shard, progress, plots, on_epoch)
+
+
+def _train(cfg, run_dir, multi, shard, progress, plots, on_epoch) -> RunResult:
+    from ncssm_policies import checkpoint as ckpt
+    from ncssm_policies import distributed
+
     ckpt_root = Path(cfg.ckpt_dir) if cfg.ckpt_dir else run_dir / "checkpoints"
     if multi and not distributed.is_main():
         distributed.barrier("clips")
@@ -401,7 +425,7 @@ def run(setup: Setup, progress: bool = True, plots: bool = True) -> RunResult:
     tx, lr_schedule = make_optimizer(cfg, total)
     if main_process:
         setup.run_dir.mkdir(parents=True, exist_ok=True)
-        (setup.run_dir / "config.yaml").write_text(_yaml(cfg))
+        atomic_write_text(setup.run_dir / "config.yaml", _yaml(cfg))
     manager = ckpt.Checkpoints(setup.ckpt_root, cfg.keep_ckpts)
     state, start = _start(setup, model, tx, manager)
 
@@ -644,7 +668,7 @@ def _finish(setup: Setup, result: RunResult, model, params, val_batch, metrics_p
         from ncssm_policies import plots as plotting
 
         result.paths["dagger"] = str(plotting.dagger_curve(metrics_path, run_dir / "dagger.png"))
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2))
     result.paths["summary"] = str(run_dir / "summary.json")
     return result
 
