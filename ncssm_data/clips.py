@@ -44,7 +44,7 @@ from typing import Any, NamedTuple
 import h5py
 import numpy as np
 
-from ncssm_data.errors import ClipError
+from ncssm_data.errors import ClipError, WriteError, show, write_error
 from ncssm_data.layout import (
     LEGACY_LAYOUT,
     Layout,
@@ -132,8 +132,27 @@ def _check_control_dt(value: Any, where: str) -> float:
         or not math.isfinite(float(value))
         or float(value) <= 0
     ):
-        raise ClipError(f"In {where}, control_dt is {value!r}, expected a positive finite number of seconds.")
+        raise ClipError(f"In {where}, control_dt is {show(value)}, expected a positive finite number of seconds.")
     return float(value)
+
+
+def _check_text(value: Any, name: str, where: str, *, empty: bool) -> str:
+    """``value`` if it is a string an HDF5 attribute can hold (UTF-8, no NUL); else a ClipError."""
+    if not isinstance(value, str) or (not value and not empty):
+        raise ClipError(f"In {where}, {name} is {show(value)}, expected a "
+                        f"{'' if empty else 'non-empty '}string.")
+    if "\x00" in value or not _utf8(value):
+        raise ClipError(f"In {where}, {name} is {value!r}, which HDF5 cannot store (a NUL "
+                        f"character or a lone surrogate).")
+    return value
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 # --------------------------------------------------------------------------- writing
@@ -170,18 +189,18 @@ def write_clip(
     if unknown:
         raise ClipError(f"In {where}, dataset key(s) {unknown} are unknown; known keys are {list(_SPECS)}.")
     given = {key: np.asarray(value) for key, value in arrays.items()}
-    _check_headers({key: (a.shape, a.dtype) for key, a in given.items()}, where)
+    if _check_headers({key: (a.shape, a.dtype) for key, a in given.items()}, where) == 0:
+        raise ClipError(f"In {where}, the datasets have 0 frames, expected at least 1.")
     if "obs" in given:
         layout = check_layout(obs_layout, given["obs"].shape[1], where)
     elif obs_layout:
         raise ClipError(f"In {where}, obs_layout is given but there is no dataset 'obs'.")
     else:
         layout = None
-    if not isinstance(body, str) or not body:
-        raise ClipError(f"In {where}, body is {body!r}, expected a non-empty string.")
-    if not isinstance(generator, str):
-        raise ClipError(f"In {where}, generator is {generator!r}, expected a string.")
+    _check_text(body, "body", where, empty=False)
+    _check_text(generator, "generator", where, empty=True)
     dt = _check_control_dt(control_dt, where)
+    dart_of = _check_dart_of(dart_of, where)
 
     data: dict[str, np.ndarray] = {}
     for key in _SPECS:  # canonical order
@@ -227,8 +246,12 @@ def atomic_path(path: str | os.PathLike[str], suffix: str = "") -> Iterator[Path
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
+    except BaseException as err:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        if isinstance(err, (OSError, RuntimeError)) and not isinstance(err, WriteError) and \
+                (refused := write_error(path, err)) is not None:
+            raise refused from None  # a full disk, a read-only folder: one sentence
         raise
     _fsync_folder(path.parent)
 
@@ -280,7 +303,7 @@ def _attr_str(attrs: Mapping[str, Any], name: str, where: str) -> str | None:
     if isinstance(value, bytes):
         value = value.decode("utf-8", errors="replace")
     if not isinstance(value, str):
-        raise ClipError(f"In {where}, attribute {name!r} is {value!r}, expected a string.")
+        raise ClipError(f"In {where}, attribute {name!r} is {show(value)}, expected a string.")
     return str(value)
 
 
@@ -292,19 +315,29 @@ def _read_header(path: Path) -> _Header:
             headers = {}
             for key in _SPECS:
                 if key in f:
-                    obj = f[key]
+                    obj = _lookup(f, key)
+                    if obj is None:
+                        raise ClipError(f"In {where}, {key!r} is a link that leads to nothing (dangling, a loop of "
+                                        f"links or a missing file), expected a dataset.")
                     if not isinstance(obj, h5py.Dataset):
                         raise ClipError(f"In {where}, {key!r} is a {type(obj).__name__}, expected a dataset.")
+                    if obj.shape is None:
+                        raise ClipError(f"In {where}, dataset {key!r} is empty (a null dataspace), expected an array.")
                     headers[key] = (obj.shape, obj.dtype)
             attrs = dict(f.attrs)
     except OSError as e:
         raise ClipError(f"Clip file {path} is not a readable HDF5 file (truncated or corrupt?).") from e
 
     length = _check_headers(headers, where)
-    if "schema_version" in attrs and attrs["schema_version"] != SCHEMA_VERSION:
+    version = attrs.get("schema_version")
+    if version is not None and not (
+        np.ndim(version) == 0
+        and isinstance(version, (int, float, np.integer, np.floating))
+        and not isinstance(version, (bool, np.bool_))
+        and version == SCHEMA_VERSION
+    ):
         raise ClipError(
-            f"In {where}, schema_version is {attrs['schema_version']!r}, expected {SCHEMA_VERSION} "
-            f"(or none for legacy files)."
+            f"In {where}, schema_version is {show(version)}, expected {SCHEMA_VERSION} (or none for legacy files)."
         )
     text = _attr_str(attrs, "obs_layout", where)
     if "obs" not in headers:  # reference-only: no observation, so no layout
@@ -333,12 +366,28 @@ def _read_header(path: Path) -> _Header:
     )
 
 
+def _lookup(group: h5py.Group, key: str) -> Any:
+    """The object named ``key`` in ``group``; None when there is none, or when its link leads
+    nowhere (dangling, a loop of links, a missing external file)."""
+    try:
+        return group.get(key)
+    except RuntimeError:  # h5py's "too many links" (a loop)
+        return None
+
+
+def _plain_name(key: Any) -> bool:
+    """Whether ``key`` can name an HDF5 dataset as it is: a non-empty UTF-8 string without NUL
+    (h5py cuts a name at its first NUL, so ``"a\\x00b"`` would find ``"a"``)."""
+    return isinstance(key, str) and bool(key) and "\x00" not in key and _utf8(key)
+
+
 def _check_dart_of(value: Any, where: str) -> int | None:
     if value is None:
         return None
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < 0:
-        raise ClipError(f"In {where}, dart_of is {value!r}, expected the index (an int >= 0) of "
-                        f"the clip it tracked.")
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < 0 \
+            or value > np.iinfo(np.int64).max:
+        raise ClipError(f"In {where}, dart_of is {show(value)}, expected the index (an int >= 0) "
+                        f"of the clip it tracked.")
     return int(value)
 
 
@@ -529,8 +578,8 @@ class ClipStore:
     def holds(self, key: str) -> bool:
         """Whether every clip has a dataset ``key``: one of the schema's, or any other (the
         labels ``ncssm-data segment`` writes, say)."""
-        return key in self.keys or all(isinstance(self._file(i).get(key), h5py.Dataset)
-                                       for i in range(len(self)))
+        return key in self.keys or _plain_name(key) and all(
+            isinstance(_lookup(self._file(i), key), h5py.Dataset) for i in range(len(self)))
 
     def read_labels(self, i: int, key: str, start: int = 0, stop: int | None = None) -> np.ndarray:
         """Frames ``[start, stop)`` of the integer label dataset ``key`` of clip ``i`` (T,), which
@@ -544,7 +593,10 @@ class ClipStore:
                 raise ClipError(f"In {where}, dataset {key!r} has shape {h.shapes[key]} and dtype "
                                 f"{data.dtype}; syllable labels must be integers >= 0, shape (T,).")
         else:
-            ds = self._file(i).get(key)
+            if not _plain_name(key):
+                raise ClipError(f"In {where}, {show(key)} is not a dataset name (a non-empty UTF-8 "
+                                f"string without NUL).")
+            ds = _lookup(self._file(i), key)
             if not isinstance(ds, h5py.Dataset):
                 raise ClipError(f"Clip file {h.path} has no dataset {key!r}.")
             if ds.shape != (h.length,):

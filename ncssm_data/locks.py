@@ -29,6 +29,8 @@ from pathlib import Path
 
 import filelock
 
+from ncssm_data.errors import write_error
+
 LOCK_NAME = ".ncssm.lock"
 HOLDER_NAME = ".ncssm.lock.json"
 # atomic_path's temp files (".NAME.tmp-PID-HEX[SUFFIX]"), and orbax's unfinished checkpoints.
@@ -84,11 +86,17 @@ def writing(folder: str | os.PathLike[str], what: str = "", wait: float = 0.0) -
     if folder.exists() and not folder.is_dir():
         raise NotADirectoryError(f"{folder} exists and is not a folder.")
     created = not folder.exists()
-    folder.mkdir(parents=True, exist_ok=True)
+    lock_existed = (folder / LOCK_NAME).exists()
     lock = filelock.FileLock(str(folder / LOCK_NAME), timeout=wait, thread_local=False,
                              is_singleton=True)
     try:
+        folder.mkdir(parents=True, exist_ok=True)
         lock.acquire()
+    except OSError as err:  # a read-only or full file system: one sentence
+        refused = write_error(folder, err, "folder")
+        if refused is None:
+            raise
+        raise refused from None
     except filelock.Timeout:
         raise FolderInUseError(
             f"{folder} is in use by {_holder_text(folder)}; wait for it to finish or use "
@@ -98,7 +106,17 @@ def writing(folder: str | os.PathLike[str], what: str = "", wait: float = 0.0) -
             command = what or " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]) or "python"
             holder = {"command": command, "pid": os.getpid(), "host": socket.gethostname(),
                       "since": _dt.datetime.now().astimezone().isoformat(timespec="seconds")}
-            (folder / HOLDER_NAME).write_text(json.dumps(holder))
+            try:
+                (folder / HOLDER_NAME).write_text(json.dumps(holder))
+            except OSError as err:  # a full disk: leave nothing behind, say it in a sentence
+                with contextlib.suppress(OSError):
+                    (folder / HOLDER_NAME).unlink()
+                    if not lock_existed:
+                        (folder / LOCK_NAME).unlink()
+                refused = write_error(folder, err, "folder")
+                if refused is None:
+                    raise
+                raise refused from None
             remove_stale_temps(folder)
         yield folder
     except BaseException:

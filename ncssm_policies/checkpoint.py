@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from ncssm_data.errors import write_error
 from ncssm_policies.config import TrainConfig, from_dict, model_mismatch
 
 KINDS = ("periodic", "best")
@@ -84,14 +86,22 @@ class Checkpoints:
         manager = self.periodic if kind == "periodic" else self.best
         if step not in manager.all_steps():
             # Saved from the host: a checkpoint restores on any number of devices.
-            manager.save(step, args=ocp.args.Composite(
-                params=ocp.args.StandardSave(jax.device_get(params)),
-                train=ocp.args.StandardSave(jax.device_get(train)),
-                config=ocp.args.JsonSave(config.to_dict()),
-                norm=ocp.args.JsonSave(norm),
-                meta=ocp.args.JsonSave(_jsonable(meta)),
-            ))
-            manager.wait_until_finished()
+            try:
+                manager.save(step, args=ocp.args.Composite(
+                    params=ocp.args.StandardSave(jax.device_get(params)),
+                    train=ocp.args.StandardSave(jax.device_get(train)),
+                    config=ocp.args.JsonSave(config.to_dict()),
+                    norm=ocp.args.JsonSave(norm),
+                    meta=ocp.args.JsonSave(_jsonable(meta)),
+                ))
+                manager.wait_until_finished()
+            except Exception as err:  # noqa: BLE001 - a full disk, a read-only folder, ...
+                refused = write_error(self.root / kind / str(step), err, "checkpoint")
+                if refused is None:
+                    raise
+                for tmp in (self.root / kind).glob(f"{step}.orbax-checkpoint-tmp*"):
+                    shutil.rmtree(tmp, ignore_errors=True)  # no part of it remains
+                raise refused from None
         # A run killed between a save's commit and orbax's removal of the oldest leaves one
         # checkpoint too many; its rerun (which finds this step saved) removes it.
         for old in sorted(manager.all_steps())[:-self.keep[kind]]:

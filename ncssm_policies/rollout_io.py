@@ -295,7 +295,7 @@ def render_episode(path: str | os.PathLike[str], body: str, qpos, ref_qpos=None,
         with atomic_path(path, suffix=".mp4") as tmp:
             writer = imageio.get_writer(tmp, format="FFMPEG", mode="I", fps=fps, codec="libx264",
                                         pixelformat="yuv420p", macro_block_size=1,
-                                        ffmpeg_log_level="error")
+                                        ffmpeg_log_level="quiet")  # errors: ours
             with writer, warnings.catch_warnings():
                 # The writer forks ffmpeg on its first frame and execs at once, which is safe.
                 warnings.filterwarnings("ignore", r"os\.fork\(\) was called", RuntimeWarning)

@@ -157,3 +157,39 @@ def test_a_second_writer_to_a_clip_folder_is_refused(holder, tmp_path, test_clip
                    f"{err.split('since ')[1].split(')')[0]}); wait for it to finish or use "
                    f"another folder.\n")
     assert {p.name: p.read_bytes() for p in clips.glob("*.h5")} == before
+
+
+# ---------------------------------------------------------------------------------------------
+# I/O errors: a full disk and a read-only folder, for real (tmpfs in a user namespace)
+# ---------------------------------------------------------------------------------------------
+
+
+def test_a_full_disk_and_a_read_only_folder_get_one_sentence_and_change_nothing(tmp_path):
+    import shutil as sh
+
+    if sh.which("unshare") is None or subprocess.run(
+            ["unshare", "--user", "--map-root-user", "--mount", "true"]).returncode != 0:
+        pytest.skip("this machine allows no user namespace (unshare), so no private tmpfs")
+    env = {**os.environ, "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl"), "JAX_PLATFORMS": "cpu"}
+    proc = subprocess.run(["unshare", "--user", "--map-root-user", "--mount", sys.executable,
+                           str(HERE / "io_errors.py"), str(tmp_path)], capture_output=True,
+                          text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    found = json.loads(proc.stdout)
+    writers = ["clip file", "rollouts file", "video", "summary", "checkpoint"]
+    why = {"full": "the disk is full (errno 28)",
+           "read-only": "the file system is read-only (errno 30)"}
+    assert len(found) == 12
+    for place in ("full", "read-only"):
+        for writer in writers:
+            got = found[f"{place}/{writer}"]
+            assert got["raised"] == "WriteError" and "OSError" in got["mro"], got
+            assert got["message"].startswith("Could not write the ") and \
+                f"{tmp_path}/{place}/" in got["message"] and why[place] in got["message"], got
+            assert "\n" not in got["message"] and got["stderr"] == "", got
+            assert got["unchanged"], got  # nothing partial, no temp file, the old file intact
+        cli = found[f"{place}/ncssm-data generate"]
+        assert cli["returned"] == 2 and cli["unchanged"], cli
+        assert cli["stderr"] == (f"ncssm-data: Could not write the folder {tmp_path}/{place}/"
+                                 f"clips: {why[place]}; nothing of it was written and what was "
+                                 f"there is unchanged.\n")
