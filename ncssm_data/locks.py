@@ -85,22 +85,23 @@ def writing(folder: str | os.PathLike[str], what: str = "", wait: float = 0.0) -
     folder = Path(folder).resolve()
     if folder.exists() and not folder.is_dir():
         raise NotADirectoryError(f"{folder} exists and is not a folder.")
-    created = not folder.exists()
+    made = [p for p in (folder, *folder.parents) if not p.exists()]  # what mkdir will make
+    created = bool(made)
     lock_existed = (folder / LOCK_NAME).exists()
     lock = filelock.FileLock(str(folder / LOCK_NAME), timeout=wait, thread_local=False,
                              is_singleton=True)
     try:
         folder.mkdir(parents=True, exist_ok=True)
         lock.acquire()
+    except filelock.Timeout:
+        raise FolderInUseError(
+            f"{folder} is in use by {_holder_text(folder)}; wait for it to finish or use "
+            f"another folder.") from None
     except OSError as err:  # a read-only or full file system: one sentence
         refused = write_error(folder, err, "folder")
         if refused is None:
             raise
         raise refused from None
-    except filelock.Timeout:
-        raise FolderInUseError(
-            f"{folder} is in use by {_holder_text(folder)}; wait for it to finish or use "
-            f"another folder.") from None
     try:
         if lock.lock_counter == 1:
             command = what or " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]) or "python"
@@ -125,6 +126,11 @@ def writing(folder: str | os.PathLike[str], what: str = "", wait: float = 0.0) -
                 LOCK_NAME, HOLDER_NAME}:
             lock.release()
             shutil.rmtree(folder, ignore_errors=True)
+            for parent in made[1:]:  # and the parents it made, unless another writer's now
+                try:
+                    parent.rmdir()  # only ever an empty folder
+                except OSError:
+                    break
         raise
     finally:
         if lock.is_locked:

@@ -273,6 +273,43 @@ class Checkpoints:
         return self._restored(work)
 
 
+class Dagger:
+    """A DAgger round's data appended to the run folder's ``dagger_clips/`` (its rollouts as
+    clips, then the round's commit to ``rounds.json``) over a committed first round; as in
+    ``ncssm-train``, the rerun (a resume) first drops what no committed round wrote."""
+
+    def _round(self, work: Path, k: int) -> None:
+        from ncssm_data.clips import ClipStore
+        from ncssm_data.locks import writing
+        from ncssm_env.dart import write_rollouts
+        from ncssm_policies.dagger import Aggregate
+
+        with writing(work / "run"):
+            agg = Aggregate(work / "run", work / "clips")
+            agg.prepare(done_epochs=k - 1)
+            with ClipStore(agg.dir) as store:
+                n, clip = len(store), store.read_clip(0)
+            rollouts = [{key: v[:16] + (0.01 * (k + j) if v.dtype.kind == "f" else 0)
+                         for key, v in clip.items()} for j in range(3)]
+            counts = write_rollouts(agg.dir, rollouts, [0, 1, 0], f"DAgger round {k}",
+                                    min_len=8, start=n)
+            agg.commit({"round": k, "epoch": k, "step": 10 * k, "frames": counts["frames"],
+                        "clips": [p.name for p in counts["paths"]]})
+
+    def prepare(self, work: Path) -> None:
+        from ncssm_env.synthetic import generate
+
+        generate(work / "clips", body="test", n_clips=2, n_frames=24, seed=0, workers=1,
+                 progress=False)
+        self._round(work, 1)
+
+    def run(self, work: Path):
+        self._round(work, 2)
+
+    def state(self, work: Path):
+        return files_state(work)
+
+
 class Torn:
     """A writer that is *not* atomic (the file written in place, in pieces): the harness's own
     check, which must catch its tears."""
@@ -292,13 +329,14 @@ class Torn:
 
 
 WRITERS = {"generate": Generate, "labels": Labels, "rollouts": Rollouts,
-           "checkpoints": Checkpoints, "torn": Torn}
+           "checkpoints": Checkpoints, "dagger": Dagger, "torn": Torn}
 
 
 # ---------------------------------------------------------------------------- the campaign
 
 
 PRELOAD = ["ncssm_policies.data_cli", "ncssm_policies.arhmm", "ncssm_policies.checkpoint",
+           "ncssm_policies.dagger", "ncssm_env.dart",
            "ncssm_policies.rollout_io", "ncssm_env.synthetic", "ncssm_env.body"]
 
 
@@ -310,23 +348,28 @@ def campaign(name: str, work: Path, points: int, seed: int) -> dict:
     assert threading.active_count() == 1, "fork needs a process with one thread"
     writer = WRITERS[name]()
     work.mkdir(parents=True, exist_ok=True)
-    base, fresh = work / "base", work / "fresh"
-    base.mkdir()
-    _in_child(lambda: writer.prepare(base))
-    shutil.copytree(base, fresh, symlinks=True)
-    total = _in_child(lambda: writer.run(fresh))["events"]
+    # Every run happens in the one folder ``trial`` (moved aside after), so that what a writer
+    # records of its own paths (a manifest's source, say) is the same in every run.
+    base, fresh, trial = work / "base", work / "fresh", work / "trial"
+    trial.mkdir()
+    _in_child(lambda: writer.prepare(trial))
+    trial.rename(base)
+    shutil.copytree(base, trial, symlinks=True)
+    total = _in_child(lambda: writer.run(trial))["events"]
+    trial.rename(fresh)
     rng = np.random.default_rng(seed)
     # One point in each of ``points`` equal strata of the events (all distinct).
     kill_points = [int(rng.integers(total * i // points, total * (i + 1) // points)) + 1
                    for i in range(points)]
     runs = []
     for k in kill_points:  # every fork first: the checks below may start JAX in this process
-        trial, killed = work / f"k{k}", work / f"k{k}-killed"
+        rerun_dir, killed = work / f"k{k}", work / f"k{k}-killed"
         shutil.copytree(base, trial, symlinks=True)
         done = _in_child(lambda: writer.run(trial), kill_at=k)
         shutil.copytree(trial, killed, symlinks=True)  # the folder as the kill left it
         rerun = _in_child(lambda: writer.run(trial))
-        runs.append((k, done["killed"], rerun["killed"], killed, trial))
+        trial.rename(rerun_dir)
+        runs.append((k, done["killed"], rerun["killed"], killed, rerun_dir))
     old, _ = writer.state(base)
     new, new_temps = writer.state(fresh)
     records = []

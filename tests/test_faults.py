@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 HERE = Path(__file__).resolve().parent
-WRITERS = ["generate", "labels", "rollouts", "checkpoints"]
+WRITERS = ["generate", "labels", "rollouts", "dagger", "checkpoints"]
 POINTS = 5  # kill points per writer in the default run; 20 in the slow run
 SLOW_POINTS = 20
 
