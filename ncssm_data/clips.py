@@ -296,6 +296,24 @@ class _Header:
     dart_of: int | None = None  # a DART clip: the index of the clip it tracked
 
 
+def check_stored(ds: h5py.Dataset, key: str, where: str) -> None:
+    """Refuse dataset ``ds`` unless the file holds all of its data. HDF5 reads chunks that were
+    never written (and a contiguous dataset never allocated) as zeros, so a header declaring
+    10**9 frames in a file of a few KB would have a reader allocate for data that is not there."""
+    if ds.shape is None or ds.size == 0 or ds.external or ds.is_virtual:
+        return
+    if ds.chunks is not None:
+        want, have, unit = math.prod(-(-n // c) for n, c in zip(ds.shape, ds.chunks)), \
+            ds.id.get_num_chunks(), "chunks"
+    else:
+        want, have, unit = ds.nbytes, ds.id.get_storage_size(), "bytes"
+    if have < want:
+        size = f"{ds.shape[0]} frames (shape {ds.shape})" if ds.ndim else f"shape {ds.shape}"
+        raise ClipError(f"In {where}, dataset {key!r} declares {size} but stores only {have} of "
+                        f"its {want} {unit} of data, so it is refused unread (a header without "
+                        f"its data?).")
+
+
 def _attr_str(attrs: Mapping[str, Any], name: str, where: str) -> str | None:
     value = attrs.get(name)
     if value is None:
@@ -323,6 +341,7 @@ def _read_header(path: Path) -> _Header:
                         raise ClipError(f"In {where}, {key!r} is a {type(obj).__name__}, expected a dataset.")
                     if obj.shape is None:
                         raise ClipError(f"In {where}, dataset {key!r} is empty (a null dataspace), expected an array.")
+                    check_stored(obj, key, where)
                     headers[key] = (obj.shape, obj.dtype)
             attrs = dict(f.attrs)
     except OSError as e:

@@ -20,7 +20,7 @@ import h5py
 import mujoco
 import numpy as np
 
-from ncssm_data.clips import write_clip
+from ncssm_data.clips import check_stored, write_clip
 from ncssm_data.errors import ClipError, check_count
 from ncssm_env.body import PREFIX, build_model
 from ncssm_env.reference import finite_difference_qvel
@@ -107,11 +107,13 @@ def _read(path: Path, key: str, names_key: str | None) -> list[tuple[str, np.nda
                                     f"it holds {sorted(f)}.")
                 for g in groups:
                     names = None
+                    check_stored(g[key], key, f"{path}:{g[key].name}")  # before reading it whole
                     if names_key is not None:
                         ds = g.get(names_key, f.get(names_key))
                         if not isinstance(ds, h5py.Dataset):
                             raise ClipError(f"{path} has no dataset {names_key!r} next to {g[key].name!r} "
                                             f"or at its top.")
+                        check_stored(ds, names_key, f"{path}:{ds.name}")
                         names = _names(ds)
                     clips.append(("" if g is f else f":{g.name}", g[key][()], names))
         except OSError as e:
