@@ -203,7 +203,15 @@ class TrackEnv(gym.Env):
                                         "metrics": {k: 0.0 for k in _task.METRICS}}
 
     def step(self, action):
-        a = np.asarray(action, dtype=np.float64)
+        want = f"body {self.body!r} expects ({self.model.nu},) real numbers"
+        try:
+            a = np.asarray(action)
+        except (ValueError, TypeError):  # a ragged list, say
+            raise ValueError(f"Action of type {type(action).__name__} is not an array of "
+                             f"numbers; {want}.") from None
+        if a.dtype.kind not in "iuf":  # strings, objects, complex, booleans
+            raise ValueError(f"Action has dtype {a.dtype}; {want}.")
+        a = a.astype(np.float64)
         if a.shape != (self.model.nu,):
             raise ValueError(
                 f"Action has shape {a.shape}; body {self.body!r} expects ({self.model.nu},)."
