@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from ncssm_data.errors import ClipError
+from ncssm_data.errors import ClipError, show
 
 Layout = dict[str, tuple[int, int]]
 
@@ -44,11 +44,11 @@ def _normalize(layout: Any, where: str, obs_dim: int | None) -> Layout:
     for name, value in layout.items():
         if not isinstance(name, str) or not name:
             raise ClipError(
-                f"In {where}, observation layout name {name!r} is invalid, expected a non-empty string."
+                f"In {where}, observation layout name {show(name)} is invalid, expected a non-empty string."
             )
         if not (isinstance(value, (list, tuple)) and len(value) == 2 and all(map(_is_int, value))):
             raise ClipError(
-                f"In {where}, observation layout entry {name!r} is {value!r}, expected two ints [start, stop]."
+                f"In {where}, observation layout entry {name!r} is {show(value)}, expected two ints [start, stop]."
             )
         start, stop = int(value[0]), int(value[1])
         if not (0 <= start < stop and (obs_dim is None or stop <= obs_dim)):
@@ -79,8 +79,11 @@ def layout_from_json(text: str | bytes, where: str) -> Layout:
         text = text.decode("utf-8", errors="replace")
     try:
         raw = json.loads(text)
-    except (json.JSONDecodeError, TypeError) as e:
+    except (ValueError, TypeError) as e:  # JSONDecodeError, and an int of over 4300 digits
         raise ClipError(f"In {where}, the observation layout is not valid JSON ({e}).") from e
+    except RecursionError:
+        raise ClipError(f"In {where}, the observation layout is not valid JSON (nested too "
+                        f"deeply).") from None
     return _normalize(raw, where, None)
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import math
 import types
 import typing
 import warnings
@@ -213,16 +214,27 @@ def _coerce(key: str, value: Any, tp, where: str) -> Any:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
     elif tp is float:
+        number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads ``1e-3`` (no dot) as a string
             try:
-                return float(value)
+                number = float(value)
+            except OverflowError:  # an int past 1e308
+                number = math.inf
+        elif isinstance(value, str):  # YAML 1.1 reads ``1e-3`` (no dot) as a string
+            try:
+                number = float(value)
             except ValueError:
                 pass
+        if number is not None:
+            if math.isfinite(number):
+                return number
+            raise ConfigError(f"{where}: key {key!r} must be a finite number, got {value!r}.")
     elif tp is str:
-        if isinstance(value, str):
+        if isinstance(value, str) and "\x00" not in value:
             return value
+        if isinstance(value, str):
+            raise ConfigError(f"{where}: key {key!r} must be a string without NUL characters, "
+                              f"got {value!r}.")
     elif tp is dict:
         if isinstance(value, dict) and all(isinstance(k, str) for k in value):
             return dict(value)
@@ -241,6 +253,14 @@ def _check_values(cfg: TrainConfig) -> None:
     positive("n_layers", "d_model", "ssm_size", "blocks", "d_state", "expand", "embed_dim",
              "epochs", "iters_per_epoch", "val_steps", "batch_size", "seg_len", "keep_ckpts",
              "ckpt_freq", "eval_envs", "eval_every")
+    for k in ("int_dim", "out_dim", "in_dim", "decoder_hidden"):  # widths: None, an int, a list
+        v = getattr(cfg, k)
+        if any(d < 1 for d in (v if isinstance(v, list) else [] if v is None else [v])):
+            raise ConfigError(f"Config key {k!r} must hold widths >= 1, got {v!r}.")
+    if not 0 <= cfg.seed < 2**32:  # numpy refuses a negative seed, jax one past 64 bits
+        raise ConfigError(f"Config key 'seed' must be an int in [0, 2**32), got {cfg.seed!r}.")
+    if cfg.clip_idx < 0:
+        raise ConfigError(f"Config key 'clip_idx' must be >= 0, got {cfg.clip_idx!r}.")
     if cfg.select not in ("val_loss", "closed_loop"):
         raise ConfigError(f"Config key 'select' must be 'val_loss' or 'closed_loop', got "
                           f"{cfg.select!r}.")
@@ -370,19 +390,86 @@ def from_dict(values: dict, where: str = "the config", cls=TrainConfig):
     for key, value in values.items():
         if key not in fields:
             raise _unknown_key(str(key), where, fields)
+        _check_size(key, value, where)
         kwargs[key] = _coerce(key, value, hints[key], where)
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except ConfigError:
+        raise
+    except ValueError as err:  # a config class's own check (SegmentConfig's raise ValueError)
+        raise ConfigError(str(err)) from None
+
+
+MAX_DEPTH, MAX_ITEMS = 32, 100_000  # the most a config value may nest, and hold in all
+
+
+def _check_size(key: str, value: Any, where: str) -> None:
+    """A ConfigError for a value that contains itself, nests deeper than :data:`MAX_DEPTH` or
+    holds more than :data:`MAX_ITEMS` items once YAML aliases are expanded (``&a [..]`` used
+    as ``[*a, *a]``, nine times over, is a billion): printing or saving it would never end."""
+    count = 0
+    ancestors: list[int] = []
+
+    def walk(v: Any) -> None:
+        nonlocal count
+        count += 1
+        if count > MAX_ITEMS:
+            raise ConfigError(f"{where}: key {key!r} holds more than {MAX_ITEMS} values (YAML "
+                              f"aliases expanded).")
+        if not isinstance(v, (dict, list, tuple, set, frozenset)):
+            return
+        if id(v) in ancestors:
+            raise ConfigError(f"{where}: key {key!r} contains itself (a YAML alias inside its "
+                              f"own anchor).")
+        if len(ancestors) >= MAX_DEPTH:
+            raise ConfigError(f"{where}: key {key!r} nests more than {MAX_DEPTH} levels deep.")
+        ancestors.append(id(v))
+        for item in (x for kv in v.items() for x in kv) if isinstance(v, dict) else v:
+            walk(item)
+        ancestors.pop()
+
+    walk(value)
+
+
+class _Loader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses flow collections (``[``, ``{``) nested more than
+    :data:`MAX_DEPTH` deep: PyYAML's scanner takes cubic time in that depth (``a: [[[[...``
+    of 10 kB would scan for minutes) before its parser runs out of recursion."""
+
+    def fetch_flow_collection_start(self, TokenClass):
+        if self.flow_level >= MAX_DEPTH:
+            raise yaml.scanner.ScannerError(
+                None, None, f"found collections nested more than {MAX_DEPTH} deep",
+                self.get_mark())
+        super().fetch_flow_collection_start(TokenClass)
+
+
+def _load_yaml(text: str) -> Any:
+    """``text`` read by :class:`_Loader`; PyYAML's other failures (``2001-13-45`` as a date,
+    ``!!int x``, ``!!bool x``, block nesting past Python's recursion limit) raise a YAMLError."""
+    try:
+        return yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader)
+    except yaml.YAMLError:
+        raise
+    except RecursionError:
+        raise yaml.YAMLError("found collections nested too deeply") from None
+    except (ValueError, KeyError, TypeError, OverflowError) as err:
+        why = f"{type(err).__name__}: {err}" if isinstance(err, KeyError) else str(err)
+        raise yaml.YAMLError(f"found a value that cannot be read ({why})") from None
 
 
 def read_yaml(path: str | Path) -> dict:
     """The mapping in a YAML file; a missing file or a syntax error is one ConfigError."""
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as err:
         raise ConfigError(f"Cannot read config {path}: {err.strerror or err}.") from None
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"Config {path} is not UTF-8 text (byte {err.start}: "
+                          f"{err.object[err.start:err.start + 1]!r}).") from None
     try:
-        values = yaml.safe_load(text)
+        values = _load_yaml(text)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         line = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -409,7 +496,7 @@ def parse_overrides(overrides) -> dict:
         if not sep or not key:
             raise ConfigError(f"Override {item!r} must be written key=value.")
         try:
-            values[key] = yaml.safe_load(text) if text.strip() else None
+            values[key] = _load_yaml(text) if text.strip() else None
         except yaml.YAMLError:
             values[key] = text  # not YAML: a plain string
     return values
