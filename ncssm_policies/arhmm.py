@@ -766,10 +766,10 @@ def segment(cfg: SegmentConfig, progress: bool = True) -> dict:
     # One writer per folder: the clips' (labels) and out_dir's (model, summary, plots).
     with (locks.writing(data.root) if cfg.write_labels else contextlib.nullcontext()), \
             locks.writing(out):
-        return _segment(cfg, data, out)
+        return _segment(cfg, data, out, progress)
 
 
-def _segment(cfg: SegmentConfig, data: Data, out: Path) -> dict:
+def _segment(cfg: SegmentConfig, data: Data, out: Path, progress: bool) -> dict:
     if cfg.write_labels:
         check_writable(data.paths, cfg.out_key, cfg.overwrite, run_id(cfg))  # before any work
     if cfg.model:
