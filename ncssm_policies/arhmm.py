@@ -106,6 +106,10 @@ class SegmentConfig:
             check_hyper(self.num_states, kappa, self.num_lags, self.n_pcs)
         for n in self.sweep_n_pcs:
             check_hyper(self.num_states, self.kappa, self.num_lags, n)
+        for key, low in (("seed", 0), ("n_ethogram", 0)):
+            v = getattr(self, key)
+            if isinstance(v, bool) or not isinstance(v, int) or v < low:
+                raise ValueError(f"Config key {key!r} must be an int >= {low}, got {v!r}.")
         if self.num_iters < 1:
             raise ValueError(f"Config key 'num_iters' must be >= 1, got {self.num_iters!r}.")
         if isinstance(self.num_restarts, bool) or not isinstance(self.num_restarts, int) \

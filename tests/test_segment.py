@@ -432,3 +432,12 @@ def test_padding_changes_no_label_or_likelihood(toy, tmp_path):
         z1, l1 = model.label([xi])
         np.testing.assert_array_equal(z1[0], zi)
         assert l1[0] == pytest.approx(li, rel=1e-5, abs=1e-3)
+
+
+@pytest.mark.parametrize("override", ["seed=-1", "n_ethogram=-2"])
+def test_negative_seed_or_ethogram_is_refused(override):
+    from ncssm_policies.config import ConfigError, load_config
+
+    key = override.split("=")[0]
+    with pytest.raises(ConfigError, match=f"Config key '{key}' must be an int >= 0"):
+        load_config(None, [override], cls=SegmentConfig)
