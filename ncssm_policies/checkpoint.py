@@ -27,7 +27,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from ncssm_data.errors import write_error
-from ncssm_policies.config import TrainConfig, from_dict, model_mismatch
+from ncssm_policies.config import ALIASES, FIELDS, TrainConfig, from_dict, model_mismatch
 
 KINDS = ("periodic", "best")
 
@@ -154,6 +154,7 @@ def restore(manager: ocp.CheckpointManager, step: int, params_target, train_targ
         raise CheckpointError(
             f"Checkpoint {where} step {step} does not fit this model's parameters or optimizer "
             f"state: {str(err).splitlines()[0] if str(err) else type(err).__name__}.") from None
+    _check_fits(out["params"], params_target, f"{where} step {step}")
     return out["params"], out["train"]
 
 
@@ -215,6 +216,13 @@ def load_policy(ckpt_dir: str | Path, which: str = "best") -> LoadedPolicy:
         kind, step = max(((k, s[-1]) for k, s in steps.items() if s), key=lambda ks: ks[1])
     step_dir = root / kind / str(step)
     items = read_json_items(step_dir)
+    unknown = sorted(set(items["config"]) - set(FIELDS) - set(ALIASES)) \
+        if isinstance(items["config"], dict) else []
+    if unknown:
+        raise CheckpointError(
+            f"Checkpoint {step_dir} was written by a newer ncssm (or another version): its config "
+            f"has the key(s) {', '.join(map(repr, unknown[:5]))}, which this version does not "
+            f"know; load it with the ncssm that wrote it.")
     try:
         config = from_dict(items["config"], where=f"the config saved in {step_dir}")
     except ValueError as err:
@@ -222,8 +230,17 @@ def load_policy(ckpt_dir: str | Path, which: str = "best") -> LoadedPolicy:
     dims = items["meta"].get("dims")
     if not isinstance(dims, dict):
         raise CheckpointError(f"Checkpoint {step_dir} has no data dims in its meta item.")
+    if not (step_dir / "params").is_dir():
+        held = sorted(p.name for p in step_dir.iterdir() if p.is_dir())
+        raise CheckpointError(f"Checkpoint {step_dir} has no 'params' item; it holds "
+                              f"{', '.join(held) or 'none'}.")
     model = build_model(config, dims)
-    target = model_init_params(model, dims)
+    try:  # the policy's own code (a plugin's, say) runs here for the first time
+        target = model_init_params(model, dims)
+    except Exception as err:  # noqa: BLE001 - any failure of the policy is one sentence
+        raise CheckpointError(
+            f"Policy {config.model_type!r} of checkpoint {step_dir} fails on inputs of widths "
+            f"{dims.get('x_in')}: {_first_line(err)}.") from None
     manager = _manager(root, kind, 1, create=False)
     try:
         params = manager.restore(step, args=ocp.args.Composite(
@@ -234,7 +251,30 @@ def load_policy(ckpt_dir: str | Path, which: str = "best") -> LoadedPolicy:
             f"{str(err).splitlines()[0] if str(err) else type(err).__name__}.") from None
     finally:
         manager.close()
+    _check_fits(params, target, step_dir)
     return LoadedPolicy(model, params, norm_from_json(items["norm"]), config, dims, step, step_dir)
+
+
+def _first_line(err: BaseException) -> str:
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return f"{type(err).__name__}: {lines[0]}" if lines else type(err).__name__
+
+
+def _check_fits(restored, target, where) -> None:
+    """A CheckpointError naming the first parameter whose shape (or presence) differs between
+    what was restored and the model: orbax restores the saved arrays as they are."""
+    def leaves(tree) -> dict:
+        return {"/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path): np.shape(x)
+                for path, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+    saved, want = leaves(restored), leaves(target)
+    for name in sorted(saved.keys() | want.keys()):
+        if saved.get(name) != want.get(name):
+            shape = lambda d: "absent" if name not in d else f"of shape {d[name]}"  # noqa: E731
+            raise CheckpointError(
+                f"Checkpoint {where} cannot be restored into the model its config describes: "
+                f"parameter {name} is {shape(saved)} in the checkpoint but {shape(want)} in "
+                f"the model.")
 
 
 def host_target(tree):
