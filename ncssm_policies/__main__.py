@@ -31,8 +31,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         reg = load_registry(disable=args.disable)
     except PluginError as err:
-        print(f"ncssm_policies: {err}", file=sys.stderr)
-        return 1
+        print(f"ncssm_policies: error: {err}", file=sys.stderr)
+        return 2
 
     print(f"policies ({len(reg.policies)}):")
     if reg.policies:

@@ -55,18 +55,28 @@ def build_model(cfg: TrainConfig, dims: dict):
     from ncssm_policies.models import build_policy
     from ncssm_policies.registry import registry
 
+    import flax.linen as nn
+
     reg = registry()
     if cfg.model_type not in reg.names():
+        broken = "".join(f"; plugin {origin} failed to load: {why.rstrip('.')}"
+                         for origin, why in sorted(reg.broken.items()))
         raise ConfigError(
             f"Config key 'model_type' is {cfg.model_type!r}, which no installed plugin "
-            f"registers; known: {', '.join(reg.names())} (ncssm-train --list-policies).")
+            f"registers; known: {', '.join(reg.names())} (ncssm-train --list-policies){broken}.")
     try:
-        return build_policy(reg.get(cfg.model_type), cfg.mmode, int(dims["x_tgt"]),
-                            int_dim=int(dims.get("int_dim", 16)),
-                            decoder_hidden=tuple(cfg.decoder_hidden), embed_dim=cfg.embed_dim,
-                            **policy_hparams(cfg))
+        model = build_policy(reg.get(cfg.model_type), cfg.mmode, int(dims["x_tgt"]),
+                             int_dim=int(dims.get("int_dim", 16)),
+                             decoder_hidden=tuple(cfg.decoder_hidden), embed_dim=cfg.embed_dim,
+                             **policy_hparams(cfg))
     except TypeError as err:  # a plugin's make() that does not take these hyper-parameters
         raise ConfigError(f"Policy {cfg.model_type!r} rejected its hyper-parameters: {err}.") from None
+    inner = getattr(model, "seq", model)  # the controllers wrap the registered policy
+    if not isinstance(inner, nn.Module):
+        raise ConfigError(f"Policy {cfg.model_type!r} ({reg.policies[cfg.model_type].origin}) "
+                          f"made a {type(inner).__name__}, expected a flax.linen.Module (see "
+                          f"ncssm_policies.hookspecs).")
+    return model
 
 
 def dummy_input(dims: dict, batch: int, length: int):

@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
             upright = generate(args.out, body=args.body, n_clips=args.clips,
                                n_frames=args.frames, seed=args.seed)
     except (ValueError, OSError) as err:
-        print(f"ncssm-data: {err}", file=sys.stderr)
+        print(f"ncssm-data: error: {err}", file=sys.stderr)
         return 2
     print(f"wrote {args.clips} clips of {args.frames} frames to {args.out}; torso upright in "
           f"{100 * np.mean(upright):.1f}% of frames (worst clip {100 * np.min(upright):.1f}%)")
@@ -110,7 +110,7 @@ def _dart(args) -> int:
     from ncssm_data.locks import writing
     from ncssm_env.body import build_model
     from ncssm_env.dart import generate_dart
-    from ncssm_policies.registry import UnknownPolicyError, registry
+    from ncssm_policies.registry import PluginError, registry
 
     try:
         body = getattr(args, "body", None)
@@ -123,7 +123,7 @@ def _dart(args) -> int:
         with writing(args.out):
             counts = generate_dart(args.out, expert, args.dart, copies=args.dart_copies,
                                    seed=args.seed, expert_name=args.expert)
-    except (ValueError, ClipError, UnknownPolicyError, OSError) as err:
+    except (ValueError, ClipError, PluginError, OSError) as err:  # (UnknownPolicyError too)
         print(f"ncssm-data: error: {err}", file=sys.stderr)
         return 2
     print(f"wrote {counts['written']} DART rollouts ({counts['frames']} frames; expert "

@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 GROUP = "ncssm"
 DISABLE_ENV = "NCSSM_DISABLE_PLUGINS"
 _HOOK = "ncssm_register_policies"
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")  # a policy's or expert's name
 _EXPERT_HOOK = "ncssm_register_experts"
 
 
@@ -269,6 +270,10 @@ def _check_specs(result: Any, _HOOK: str = _HOOK, kind: type = PolicySpec) -> li
         if not isinstance(item.name, str) or not item.name.strip():
             raise _Broken(f"{_HOOK}() returned a {name} at index {i} whose name is "
                           f"{item.name!r}, expected a non-empty string")
+        if not _NAME.fullmatch(item.name):  # a config names it: model_type, dagger.expert
+            raise _Broken(f"{_HOOK}() returned a {name} at index {i} whose name is "
+                          f"{_kind(item.name).split(' ', 1)[1]}, expected letters, digits, "
+                          f"'_', '-' and '.' only")
         if not callable(item.make):
             raise _Broken(f"{_HOOK}() returned {name} {item.name!r} whose make is "
                           f"{_kind(item.make)}, expected a callable {signature}")

@@ -493,6 +493,12 @@ def evaluate(policy, num_envs: int = 4, episodes: int = 8, backend: str = "cpu",
         res.summary["behaviour"] = behaviour_scores(
             res, base.get("zero"), pol, store_dir=clip_dir, clips=clips, body=body, layout=layout,
             arhmm=segmenter, notes=notes)
+    if pol is not None:
+        n_nan = int(np.sum(np.asarray(res.episodes["cause"]) == "nan"))
+        if n_nan:
+            notes.append(f"{n_nan} of {len(res.episodes['cause'])} of the policy's episodes "
+                         f"ended on a NaN or Inf (cause nan): its actions, or the "
+                         f"physics they led to, were NaN or Inf")
     if notes:
         res.summary["notes"] = notes
     res.summary.update(extra)
@@ -951,6 +957,10 @@ def rollout(cfg: RolloutConfig, progress: bool = True) -> tuple[EvalResult, dict
 
     ckpt = cfg.checkpoint if cfg.checkpoint in BASELINES else resolve_checkpoint(cfg.checkpoint)
     baseline = cfg.checkpoint in BASELINES
+    if not baseline and not Path(ckpt).is_dir():  # before its rollout/ folder is made
+        from ncssm_policies.checkpoint import CheckpointError
+
+        raise CheckpointError(f"No checkpoint folder at {ckpt}.")
     out = Path(cfg.out_dir) if cfg.out_dir else \
         Path("runs") / f"baseline-{cfg.checkpoint}" if baseline else _run_folder(ckpt) / "rollout"
     with writing(out):  # one writer per output folder, refused before the evaluation
@@ -996,6 +1006,7 @@ def _rollout(cfg: RolloutConfig, ckpt, baseline: bool, out: Path, progress: bool
 def main(argv=None) -> int:
     from ncssm_policies.config import ConfigError, load_config
     from ncssm_policies.checkpoint import CheckpointError
+    from ncssm_policies.registry import PluginError
 
     p = argparse.ArgumentParser(
         prog="ncssm-rollout",
@@ -1010,7 +1021,7 @@ def main(argv=None) -> int:
     try:
         cfg = load_config(args.config, args.override, cls=RolloutConfig)
         res, paths = rollout(cfg, progress=not args.no_progress)
-    except (ConfigError, CheckpointError, ValueError, OSError) as err:
+    except (ConfigError, CheckpointError, ValueError, OSError, PluginError) as err:
         print(f"ncssm-rollout: error: {err}", file=sys.stderr)
         return 2
     n = res.summary.get("episodes", res.summary.get("windows"))

@@ -766,6 +766,8 @@ def main(argv=None) -> int:
     sweep.add_argument("--report", action="store_true", help="only report the sweep so far")
     sweep.add_argument("--sweep-worker", metavar="ID", help=argparse.SUPPRESS)  # one worker
     args = p.parse_args(argv)
+    from ncssm_policies.registry import PluginError  # (two plugins offering one name)
+
     if args.sweep:
         from ncssm_policies.sweep import main as sweep_main
 
@@ -795,7 +797,7 @@ def main(argv=None) -> int:
         if distributed.is_main():
             target = json.loads(Path(result.paths["summary"]).read_text())["target"]
             print(summary_text(cfg, result, target, time.perf_counter() - t0))
-    except (ConfigError, TrainingError, ValueError, OSError) as err:
+    except (ConfigError, TrainingError, ValueError, OSError, PluginError) as err:
         print(f"ncssm-train: error: {err}", file=sys.stderr)
         return 2
     return 0
