@@ -57,7 +57,23 @@ def _normalize(layout: Any, where: str, obs_dim: int | None) -> Layout:
                 f"expected 0 <= start < stop{bound}."
             )
         out[name] = (start, stop)
+    _check_nested(out, where)
     return out
+
+
+def _check_nested(layout: Layout, where: str) -> None:
+    """Entries must be disjoint or nested (``ref`` holds every ``ref_*`` part); two that cross,
+    like [0, 6) and [4, 12), are a mistyped bound."""
+    open_: list[tuple[str, int, int]] = []  # a chain of nested entries, innermost last
+    for name, (start, stop) in sorted(layout.items(), key=lambda kv: (kv[1][0], -kv[1][1])):
+        while open_ and open_[-1][2] <= start:
+            open_.pop()
+        if open_ and stop > open_[-1][2]:
+            other, a, b = open_[-1]
+            raise ClipError(f"In {where}, observation layout entries {other!r} [{a}, {b}) and "
+                            f"{name!r} [{start}, {stop}) overlap without one holding the other; "
+                            f"entries must be disjoint or nested.")
+        open_.append((name, start, stop))
 
 
 def check_layout(layout: Mapping[str, tuple[int, int]], obs_dim: int, where: str) -> Layout:
