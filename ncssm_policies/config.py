@@ -13,6 +13,8 @@ import dataclasses
 import difflib
 import json
 import math
+import os
+import reprlib
 import types
 import typing
 import warnings
@@ -239,9 +241,19 @@ def _coerce(key: str, value: Any, tp, where: str) -> Any:
         if isinstance(value, dict) and all(isinstance(k, str) for k in value):
             return dict(value)
     raise ConfigError(
-        f"{where}: key {key!r} must be {_type_name(tp)}, got {value!r} "
+        f"{where}: key {key!r} must be {_type_name(tp)}, got {_short(value)} "
         f"({type(value).__name__})."
     )
+
+
+_REPR = reprlib.Repr()  # (keyword arguments only from Python 3.12)
+_REPR.maxlevel, _REPR.maxlist, _REPR.maxdict, _REPR.maxstring, _REPR.maxother = 3, 6, 6, 60, 60
+
+
+def _short(value: Any) -> str:
+    """``repr(value)`` on one line and at most about 80 characters, for messages that quote
+    what a user wrote (an override of 2,000 brackets, say)."""
+    return " ".join(_REPR.repr(value).split())
 
 
 def _check_values(cfg: TrainConfig) -> None:
@@ -512,7 +524,24 @@ def load_config(path: str | Path | None = None, overrides=(), cls=TrainConfig):
     for key in extra:
         if key not in fields:
             raise _unknown_key(key, "Override", fields)
-    return from_dict({**values, **extra}, where=where, cls=cls)
+    cfg = from_dict({**values, **extra}, where=where, cls=cls)
+    check_output_paths(cfg, where)
+    return cfg
+
+
+OUTPUT_KEYS = ("runs_dir", "ckpt_dir", "out_dir")  # the config keys that name where to write
+
+
+def check_output_paths(cfg, where: str) -> None:
+    """The rule for an output folder a config names (:data:`OUTPUT_KEYS`): a relative path is
+    taken from the current folder and must stay inside it, so ``..`` may not climb out of it;
+    an absolute path is taken as it is."""
+    for key in OUTPUT_KEYS:
+        value = getattr(cfg, key, None)
+        if isinstance(value, str) and not os.path.isabs(value) and \
+                os.path.normpath(value).split(os.sep)[0] == os.pardir:
+            raise ConfigError(f"{where}: key {key!r} is {_short(value)}, which leaves the current "
+                              f"folder; write an absolute path to put outputs outside it.")
 
 
 def model_mismatch(saved: dict, current: dict) -> list[str]:
