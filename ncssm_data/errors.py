@@ -53,7 +53,11 @@ def check_count(name: str, value) -> int:
     return int(value)
 
 
-def show(value) -> str:
-    """``repr(value)`` on one line (numpy prints an array of 2 or more dims on several), for
-    one-sentence messages that quote a value read from a file or passed in."""
-    return " ".join(line.strip() for line in repr(value).splitlines())
+def show(value, limit: int = 200) -> str:
+    """``repr(value)`` on one line (numpy prints an array of 2 or more dims on several) and at
+    most ``limit`` characters, a numpy scalar as the Python number it holds (``2``, not
+    ``np.int64(2)``), for one-sentence messages that quote a value read from a file or passed in."""
+    if getattr(value, "shape", None) == () and hasattr(value, "item"):
+        value = value.item()
+    text = " ".join(line.strip() for line in repr(value).splitlines())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
