@@ -75,10 +75,18 @@ def test_evaluate_records_and_is_reproducible(sa_run):
 
 
 @pytest.mark.parametrize("impl, solver", [("jax", {}), ("warp", {"iterations": 5, "ls_iterations": 5})])
-def test_evaluate_mjx_in_one_scan(sa_run, jax_cache, impl, solver):
+def test_evaluate_mjx_in_one_scan(sa_run, jax_cache, impl, solver, monkeypatch):
+    short = {}
+    if impl == "warp":
+        # MJX-Warp on a CPU steps slowly, and one scan is MJX_CHUNK (200) steps of all 12 envs:
+        # episodes of at most 20 steps in scans of 15 (3 scans; episodes run on across them).
+        monkeypatch.setattr("ncssm_policies.rollout.MJX_CHUNK", 15)
+        short = {"max_steps": 20}
     res = evaluate(sa_run, num_envs=4, episodes=6, backend="mjx", seed=3, record=True,
-                   clips=[0, 1, 2], impl=impl, **solver)
+                   clips=[0, 1, 2], impl=impl, **solver, **short)
     check_result(res, 6, record=True)
+    if short:
+        assert res.episodes["length"].max() <= 20
     assert res.summary["backend"] == "mjx" and res.summary["impl"] == impl
     assert {k: res.summary[k] for k in solver} == solver
     # The baselines ran the policy's episodes in the same scan; the plan is the CPU's too.
