@@ -64,7 +64,8 @@ def _in_child(fn, kill_at: int | None = None) -> dict:
 
         def profile(frame, event, arg):
             nonlocal count
-            if event in ("call", "c_call") and _module_of(frame, event, arg).split(".")[0] in IO_ROOTS:
+            if event in ("call", "c_call") and \
+                    _module_of(frame, event, arg).split(".")[0] in IO_ROOTS:
                 count += 1
                 if kill_at is not None and count >= kill_at:
                     os.kill(os.getpid(), signal.SIGKILL)

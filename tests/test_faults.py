@@ -190,6 +190,6 @@ def test_a_full_disk_and_a_read_only_folder_get_one_sentence_and_change_nothing(
             assert got["unchanged"], got  # nothing partial, no temp file, the old file intact
         cli = found[f"{place}/ncssm-data generate"]
         assert cli["returned"] == 2 and cli["unchanged"], cli
-        assert cli["stderr"] == (f"ncssm-data: Could not write the folder {tmp_path}/{place}/"
-                                 f"clips: {why[place]}; nothing of it was written and what was "
-                                 f"there is unchanged.\n")
+        assert cli["stderr"] == (f"ncssm-data: error: Could not write the folder "
+                                 f"{tmp_path}/{place}/clips: {why[place]}; nothing of it was "
+                                 f"written and what was there is unchanged.\n")
