@@ -66,12 +66,16 @@ def test_brax_ppo_trains_on_it(test_clips, jax_cache):
 
     env = MJXTrackEnv(body="test", clip_dir=test_clips, max_episode_steps=20)
     progress = []
+    # One evaluation, after training: brax's evaluation before training (num_evals 2) runs the
+    # same env code, yet traces and compiles it all again (its initial normalizer params are
+    # weakly typed, the trained ones are not).
     _, params, _ = ppo.train(
         environment=env, num_timesteps=400, num_envs=4, episode_length=20,
-        wrap_env_fn=wrap_for_training, num_evals=2, num_eval_envs=4, unroll_length=5,
+        wrap_env_fn=wrap_for_training, num_evals=1, num_eval_envs=4, unroll_length=5,
         batch_size=4, num_minibatches=2, num_updates_per_batch=1, seed=0,
-        progress_fn=lambda step, metrics: progress.append(float(metrics["eval/episode_reward"])))
-    assert len(progress) == 2 and np.isfinite(progress).all()
+        progress_fn=lambda step, metrics: progress.append(
+            (step, float(metrics["eval/episode_reward"]))))
+    assert len(progress) == 1 and progress[0][0] >= 400 and np.isfinite(progress[0][1])
     with pytest.raises(ValueError, match="episode_length 30 must equal the env's max_episode_steps 20"):
         wrap_for_training(env, episode_length=30)
 
