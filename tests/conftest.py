@@ -46,6 +46,28 @@ def test_clips(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def tiny_run(test_clips, tmp_path_factory):
+    """``tiny_run(mode)``: the run folder of a tiny S5 of ``mode`` (one epoch of 3 steps, no
+    closed-loop evaluation) trained on ``test_clips``, once per session and shared by every
+    test that asks for that mode: read it, never change it (copy it first)."""
+    from ncssm_policies.config import TrainConfig
+    from ncssm_policies.train import train
+
+    runs = {}
+
+    def run(mode: str):
+        if mode not in runs:
+            cfg = TrainConfig(clip_dir=str(test_clips), seg_len=30, batch_size=4, epochs=1,
+                              iters_per_epoch=3, val_steps=1, d_model=16, ssm_size=8, blocks=2,
+                              n_layers=1, runs_dir=str(tmp_path_factory.mktemp(f"tiny_{mode}")),
+                              mmode=mode, eval_episodes=0)
+            runs[mode] = train(cfg, progress=False, plots=False).run_dir
+        return runs[mode]
+
+    return run
+
+
+@pytest.fixture(scope="session")
 def rodent_clips():
     """The built-in rodent clips, generated once into the session's cache."""
     from ncssm_env.synthetic import builtin_clips

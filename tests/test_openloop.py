@@ -6,24 +6,14 @@ import pytest
 from ncssm_data import ClipStore, get_mode, write_clip
 from ncssm_data.modes import read_source
 from ncssm_policies.checkpoint import load_policy
-from ncssm_policies.config import TrainConfig
 from ncssm_policies.openloop import held_out_clips, score_open_loop
-from ncssm_policies.train import train
 
 MODES = ("pure_state", "pure_intention", "state_intention")
 
 
-def tiny_run(test_clips, tmp_path, mode):
-    cfg = TrainConfig(clip_dir=str(test_clips), seg_len=30, batch_size=4, epochs=1,
-                      iters_per_epoch=3, val_steps=1, d_model=16, ssm_size=8, blocks=2,
-                      n_layers=1, runs_dir=str(tmp_path), mmode=mode)
-    return train(cfg, progress=False, plots=False).run_dir
-
-
 @pytest.fixture(scope="module")
-def policies(test_clips, tmp_path_factory):
-    root = tmp_path_factory.mktemp("openloop_runs")
-    return {m: load_policy(tiny_run(test_clips, root / m, m)) for m in MODES}
+def policies(tiny_run):
+    return {m: load_policy(tiny_run(m)) for m in MODES}  # (conftest's runs, shared)
 
 
 def parallel_outputs(pol, clip_dir, res, context):
@@ -123,7 +113,7 @@ def test_bad_input(policies, test_clips, tmp_path):
         score_open_loop(pol, clip_dir=narrow_clips(tmp_path), context=5, horizon=5)
 
 
-def test_control_mode_rejected(test_clips, tmp_path):
-    pol = load_policy(tiny_run(test_clips, tmp_path, "state_action"))
+def test_control_mode_rejected(tiny_run):
+    pol = load_policy(tiny_run("state_action"))
     with pytest.raises(ValueError, match="acts rather than predicts; score it in closed loop"):
         score_open_loop(pol)

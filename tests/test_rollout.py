@@ -6,26 +6,17 @@ import pytest
 
 from ncssm_env.body import build_model
 from ncssm_policies.checkpoint import CheckpointError, load_policy
-from ncssm_policies.config import TrainConfig
 from ncssm_data.modes import MODES, get_mode
 from ncssm_policies.rollout import evaluate
 
 CONTROL_MODES = [name for name, mode in MODES.items() if mode.acts]
-from ncssm_policies.train import train
 
 CAUSES = {"end", "too_far", "bad_pose", "bad_orientation", "bad_height", "nan"}
 
 
-def tiny_run(test_clips, tmp_path, mode):
-    cfg = TrainConfig(clip_dir=str(test_clips), seg_len=30, batch_size=4, epochs=1,
-                      iters_per_epoch=3, val_steps=1, d_model=16, ssm_size=8, blocks=2,
-                      n_layers=1, runs_dir=str(tmp_path), mmode=mode, eval_episodes=0)
-    return train(cfg, progress=False, plots=False).run_dir
-
-
 @pytest.fixture(scope="module")
-def sa_run(test_clips, tmp_path_factory):
-    return tiny_run(test_clips, tmp_path_factory.mktemp("sa"), "state_action")
+def sa_run(tiny_run):
+    return tiny_run("state_action")  # conftest's tiny runs, shared by the session: read-only
 
 
 def sa_run_clips(run_dir):
@@ -53,8 +44,8 @@ def check_result(res, episodes, record=False):
 
 
 @pytest.mark.parametrize("mode", CONTROL_MODES)
-def test_evaluate_runs_every_control_mode(test_clips, tmp_path, mode):
-    res = evaluate(tiny_run(test_clips, tmp_path, mode), num_envs=3, episodes=5, seed=1,
+def test_evaluate_runs_every_control_mode(tiny_run, mode):
+    res = evaluate(tiny_run(mode), num_envs=3, episodes=5, seed=1,
                    clips=[0, 1, 2])
     check_result(res, 5)
     assert res.summary["mode"] == mode and res.summary["backend"] == "cpu"
@@ -127,12 +118,11 @@ def test_evaluate_bad_input(sa_run, test_clips, tmp_path, rodent_clips):
         evaluate(tmp_path / "empty")
 
 
-def test_evaluate_corrupt_checkpoint(test_clips, tmp_path):
+def test_evaluate_corrupt_checkpoint(sa_run, tmp_path):
     import shutil
 
-    run = tiny_run(test_clips, tmp_path, "state_action")
     copy = tmp_path / "copy"
-    shutil.copytree(run, copy)
+    shutil.copytree(sa_run, copy)
     files = [p for p in (copy / "checkpoints" / "best").rglob("*")
              if p.is_file() and "params" in p.parts and p.stat().st_size > 0]
     assert files
@@ -153,8 +143,8 @@ def test_mjx_refuses_a_body_it_cannot_take(rodent_clips):
 
 
 @pytest.mark.parametrize("mode", ["pure_state", "pure_intention", "state_intention"])
-def test_evaluate_scores_predictors_open_loop(test_clips, tmp_path, mode):
-    res = evaluate(tiny_run(test_clips, tmp_path, mode), episodes=4, context=20, horizon=10)
+def test_evaluate_scores_predictors_open_loop(tiny_run, mode):
+    res = evaluate(tiny_run(mode), episodes=4, context=20, horizon=10)
     assert res.summary["mode"] == mode and res.summary["windows"] == 4
     assert {"mse@1", "mse@5", "mse@10", "r2@10"} <= set(res.summary)
     assert np.isfinite(res.summary["mse@10"]["mean"]) and res.rollouts is None
