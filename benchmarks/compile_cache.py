@@ -32,12 +32,13 @@ def child(args) -> dict:
     import jax
 
     from ncssm_env.jax_cache import enable_compilation_cache
-    from ncssm_env.mjx_env import MJXTrackEnv
-    from vector_env import env_scan
 
     enable_compilation_cache()
     times = {}
-    if "env" in args.parts:
+    if "env" in args.parts:  # (imported here: MJX, brax and Warp take seconds to import)
+        from ncssm_env.mjx_env import MJXTrackEnv
+        from vector_env import env_scan
+
         env = MJXTrackEnv(body=args.body, clip_dir=args.clip_dir, impl=args.impl,
                           num_envs=args.num_envs)
         run, run_args = env_scan(env, args.num_envs, args.steps, 0.2)
