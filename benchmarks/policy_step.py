@@ -89,7 +89,7 @@ def main() -> None:
         for B in args.batches:
             key = jax.random.PRNGKey(0)
             window = jax.random.normal(key, (B, args.window, args.in_dim))
-            params = model.init(key, window)
+            params = jax.jit(model.init)(key, window)  # one compile, not one per operation
 
             @jax.jit
             def predict_window(params, window):
