@@ -126,12 +126,14 @@ def test_in_frames_reads_the_last_frames_causally():
     y = model.apply(params, x)
     carry, ys = model.initialize_carry(B), []
     assert carry[0].shape == (B, 2, 16)
+    step = jax.jit(lambda p, c, x_t: model.apply(p, c, x_t, method="step"))  # one compile
     for t in range(32):
-        carry, y_t = model.apply(params, carry, x[:, t], method="step")
+        carry, y_t = step(params, carry, x[:, t])
         ys.append(y_t)
     np.testing.assert_allclose(jnp.stack(ys, 1), y, rtol=1e-4, atol=1e-5)
-    c, y1 = model.apply(params, model.initialize_carry(B), x[:, :13], method="forward")
-    _, y2 = model.apply(params, c, x[:, 13:], method="forward")
+    # Two chunks of 16: the second runs the operations the first compiled (same shapes).
+    c, y1 = model.apply(params, model.initialize_carry(B), x[:, :16], method="forward")
+    _, y2 = model.apply(params, c, x[:, 16:], method="forward")
     np.testing.assert_allclose(jnp.concatenate([y1, y2], 1), y, rtol=1e-4, atol=1e-5)
     late = model.apply(params, x.at[:, 13:].add(1.0))
     np.testing.assert_allclose(late[:, :13], y[:, :13], rtol=1e-6)
