@@ -68,7 +68,8 @@ def train_times(body: str = "rodent") -> dict:
     dims = {"x_in": [m.nq - 7], "x_tgt": m.nu}  # state_action: qpos_local -> ctrl
     model = build_model(cfg, dims)
     tx, _ = make_optimizer(cfg, 100)
-    params = model.init(jax.random.PRNGKey(0), dummy_input(dims, 1, 2))["params"]
+    # one jitted init (the warm child loads it from the cache), not one compile per operation
+    params = jax.jit(model.init)(jax.random.PRNGKey(0), dummy_input(dims, 1, 2))["params"]
     x_in = jnp.zeros((cfg.batch_size, cfg.seg_len, m.nq - 7))
     x_tgt = jnp.zeros((cfg.batch_size, cfg.seg_len, m.nu))
     times = {}
