@@ -18,7 +18,7 @@ from ncssm_data import ClipStore, write_clip
 from ncssm_policies.checkpoint import load_policy
 from ncssm_policies.config import ConfigError, TrainConfig
 from ncssm_policies.dagger import FOLDER, MANIFEST, round_epochs
-from ncssm_policies.train import train
+from ncssm_policies.train import main, train
 
 SMALL = dict(seg_len=30, batch_size=4, epochs=3, iters_per_epoch=3, val_steps=1, d_model=16,
              ssm_size=8, blocks=2, n_layers=1, warmup=2, dropout=0.1, eval_episodes=2,
@@ -43,14 +43,14 @@ def mid_round_two(run: Path) -> bool:
     return len(rounds) == 2 or bool(extra)
 
 
-def test_dagger_aggregates_and_resumes_exactly_after_sigkill(test_clips, tmp_path):
+def test_dagger_aggregates_and_resumes_exactly_after_sigkill(test_clips, tmp_path, capsys):
     cfg = TrainConfig(clip_dir=str(test_clips), runs_dir=str(tmp_path), **SMALL)
     assert round_epochs(cfg) == [1, 2]
     path = tmp_path / "cfg.yaml"
     path.write_text(cfg.to_json())
     run = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "ncssm_policies.train", "--config", str(path), "--run-dir",
-           str(run), "--no-progress"]
+    argv = ["--config", str(path), "--run-dir", str(run), "--no-progress"]
+    cmd = [sys.executable, "-m", "ncssm_policies.train", *argv]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and proc.poll() is None and not mid_round_two(run):
@@ -59,9 +59,12 @@ def test_dagger_aggregates_and_resumes_exactly_after_sigkill(test_clips, tmp_pat
     proc.send_signal(signal.SIGKILL)
     proc.wait()
 
-    resumed = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    assert resumed.returncode == 0, resumed.stderr
-    assert "resumed at step 6" in resumed.stdout
+    # The same command again, resumed here (a fresh process would only add its start-up).
+    capsys.readouterr()
+    code = main(argv)
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert "resumed at step 6" in out
 
     straight = train(cfg, run_dir=tmp_path / "straight", progress=False)
     a, b = load_policy(run, which="latest"), load_policy(straight.run_dir, which="latest")
