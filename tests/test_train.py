@@ -128,7 +128,7 @@ def test_ssm_parameters_get_their_own_group():
     assert {v for k, v in labels.items() if k.endswith("/C")} == {"decay"}
 
 
-def test_run_folder_holds_what_the_readme_lists(tiny):
+def test_run_folder_holds_what_the_readme_lists(tiny, capsys):
     result = train(tiny, progress=False)
     names = {p.name for p in result.run_dir.iterdir()}
     assert {"config.yaml", "metrics.jsonl", "checkpoints", "learning_curve.png",
@@ -139,12 +139,20 @@ def test_run_folder_holds_what_the_readme_lists(tiny):
     assert summary["target"] == "ctrl" and len(summary["val_r2"]["per_dim"]) == 4
     assert [m["step"] for m in metrics(result.run_dir) if "val_loss" in m] == [3, 6]
 
-    # scripts/linear_baseline.py scores the run on the frames of each ridge fit
-    out = subprocess.run([sys.executable, str(REPO / "scripts" / "linear_baseline.py"),
-                          "--root-dir", tiny.clip_dir, "--lags", "1", "3", "--policy",
-                          str(result.run_dir)], capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr
-    line = [x for x in out.stdout.splitlines() if "on the frames of ridge K = 1 / 3" in x]
+    # scripts/linear_baseline.py scores the run on the frames of each ridge fit (run here as
+    # its own __main__, like test_rollout's expert_compare.py: no second interpreter to start)
+    import runpy
+
+    script = REPO / "scripts" / "linear_baseline.py"
+    argv, sys.argv = sys.argv, [str(script), "--root-dir", tiny.clip_dir, "--lags", "1", "3",
+                                "--policy", str(result.run_dir)]
+    capsys.readouterr()
+    try:
+        runpy.run_path(str(script), run_name="__main__")
+    finally:
+        sys.argv = argv
+    out = capsys.readouterr().out
+    line = [x for x in out.splitlines() if "on the frames of ridge K = 1 / 3" in x]
     assert len(line) == 1 and "checkpoints/best/" in line[0]
     values = [float(v) for v in line[0].split("val R2 ")[1].split(" (")[0].split(" / ")]
     assert len(values) == 2 and all(np.isfinite(v) and v <= 1 for v in values)
