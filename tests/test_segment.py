@@ -274,7 +274,8 @@ def test_reference_fit_matches_plain_dynamax(name, tmp_path):
             truth.append(f["syllables"][()])
     train = [xs[i] for i in s["fit_clips"]]
     hmm = LinearAutoregressiveHMM(K, P, num_lags=lags, transition_matrix_stickiness=kappa)
-    _, props = hmm.initialize(jax.random.PRNGKey(0))
+    # Only the parameter properties (traced, not run, as arhmm.programs gets them)
+    _, props = jax.eval_shape(hmm.initialize, jax.random.PRNGKey(0))
     params = programs(K, P, lags).init(0, s["restart"], np.concatenate(train), kappa)
     L = min(len(x) for x in train)  # equal pieces: dynamax batches only equal lengths
     X = jax.numpy.asarray(np.stack([x[k * L:(k + 1) * L] for x in train
