@@ -57,7 +57,12 @@ def test_shipped_configs_cover_the_modes():
     assert {"quickstart", "s5_sa", "s5_si", "s5_sic", "s5_ssi", "s5_ps", "mamba"} <= names
 
 
-@pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
+# s5_sic_dart trains here with DART off (DART on the built-in clips: test_dart.py), which
+# leaves s5_sic_dagger's model, mode and optimizer (test_dart_config_is_the_dagger_config_but_
+# for_its_method): its two steps are slow, s5_sic_dagger's run covers them.
+@pytest.mark.parametrize("path", [
+    pytest.param(p, id=p.stem, marks=[pytest.mark.slow] if p.stem == "s5_sic_dart" else [])
+    for p in CONFIGS])
 def test_every_config_trains_two_steps(path, test_clips, tmp_path):
     small = [f"clip_dir={test_clips}", "epochs=1", "iters_per_epoch=2", "val_steps=1",
              "batch_size=2", "seg_len=20", f"runs_dir={tmp_path}", "eval_episodes=2",
@@ -74,6 +79,17 @@ def test_every_config_trains_two_steps(path, test_clips, tmp_path):
         assert 0 < summary["closed_loop"]["fraction"]["mean"] <= 1
     else:
         assert "closed_loop" not in summary and result.closed_loop is None
+
+
+def test_dart_config_is_the_dagger_config_but_for_its_method():
+    """configs/s5_sic_dart.yaml loads, and but for the keys of its method (DART's; DAgger's,
+    select and eval_every in s5_sic_dagger.yaml) and its name it is s5_sic_dagger's config."""
+    dart, dagger = (load_config(REPO / "configs" / f"{name}.yaml").to_dict()
+                    for name in ("s5_sic_dart", "s5_sic_dagger"))
+    assert dart["dart_noise"] == 0.1 and dart["dagger"] is None and dagger["dagger"]
+    method = {"dart_noise", "dart_copies", "dart_expert", "dagger", "select", "eval_every", "name"}
+    assert ({k: v for k, v in dart.items() if k not in method}
+            == {k: v for k, v in dagger.items() if k not in method})
 
 
 def test_overrides_are_typed():
