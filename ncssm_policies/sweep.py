@@ -344,14 +344,22 @@ def open_study(spec: SweepSpec, url: str, create: bool = True):
     holds a study of another name, and a study of this name made with another space or
     objective."""
     optuna = _quiet_optuna()
-    from optuna.pruners import MedianPruner, NopPruner
-    from optuna.samplers import TPESampler
-
     if create and url.startswith("sqlite:///"):
         try:
             Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         except OSError:
             pass  # then SQLite says why it cannot open the file
+    # One process at a time makes the schema and the study: two that open a new SQLite
+    # database at once both insert its schema version, and the second fails.
+    sqlite = url.startswith("sqlite:///") and Path(url.removeprefix("sqlite:///")).parent.is_dir()
+    with _exclusive(url) if sqlite else contextlib.nullcontext():
+        return _open_study(spec, url, create, optuna)
+
+
+def _open_study(spec: SweepSpec, url: str, create: bool, optuna):
+    from optuna.pruners import MedianPruner, NopPruner
+    from optuna.samplers import TPESampler
+
     storage = open_storage(spec, url)
     names = [s.study_name for s in storage.get_all_studies()]
     others = [n for n in names if n != spec.name]

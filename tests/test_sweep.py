@@ -125,7 +125,12 @@ def test_a_killed_worker_leaves_the_study_consistent(test_clips, tmp_path):
                         and (Path(t.user_attrs["run_dir"]) / "metrics.jsonl").is_file()):
                     victim, pid = t.number, int(t.user_attrs["worker"].split(":")[1].split()[0])
                     break
-        assert victim is not None, "no trial started"
+        if victim is None:
+            launcher.kill()
+            trials = [] if spec is None else [(t.number, t.state.name, t.user_attrs.get("error"))
+                                              for t in study.get_trials(deepcopy=False)]
+            pytest.fail(f"no trial was seen training; trials {trials}; the launcher printed:\n"
+                        f"{launcher.communicate()[0]}")
         assert pid in _children(launcher.pid)
         os.kill(pid, signal.SIGKILL)
         out, _ = launcher.communicate(timeout=150)
@@ -277,6 +282,22 @@ def test_one_database_one_study(tmp_path, capsys):
     other = bad_sweep(tmp_path / "c", name="first", space={"dropout": SPACE["dropout"]})
     err = one_sentence(capsys, ["--sweep", str(other), "--storage", url])
     assert "Sweep study 'first'" in err and "was made with another search space" in err
+
+
+def test_processes_opening_a_new_database_at_once(tmp_path):
+    # The launcher makes the database while a worker, a --report or a second launcher opens
+    # it: both would insert SQLite's schema version, and one failed (IntegrityError).
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    spec = sweep.load_spec(bad_sweep(tmp_path), url)
+    script = ("import sys; from ncssm_policies import sweep; "
+              "spec = sweep.load_spec(sys.argv[1], sys.argv[2]); "
+              "sweep.open_study(spec, sys.argv[2]); print('ok')")
+    procs = [subprocess.Popen([sys.executable, "-c", script, str(spec.path), url],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for _ in range(4)]
+    outs = [p.communicate(timeout=120)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs
+    assert sweep.open_study(spec, url, create=False).get_trials() == []
 
 
 def test_report_before_any_run(tmp_path, capsys):
