@@ -3,7 +3,17 @@
 The built-in policies come through the same door as third-party ones (the ``builtin`` entry point
 of the ``ncssm`` distribution). Each plugin is imported, its ``NCSSM_API_VERSION`` checked, its
 hooks registered with a ``pluggy.PluginManager`` and called, and its answer checked, in isolation:
-any failure marks that plugin broken, with one sentence, and the rest still load.
+any failure marks that plugin broken, with one sentence, and the rest still load. A hook that
+returns nothing (``None`` or ``[]``) is broken too.
+
+Names are global and normalized: a registered name is stripped and lower-cased (``"S5 "`` is
+``s5``), and so is the name asked of :meth:`Registry.get`. When two plugins offer one name, only
+that name is affected, with one warning naming both; every other name of both plugins still
+works. A built-in name (the ``ncssm`` distribution's ``builtin`` entry point: ``s5``, ``mamba``,
+the built-in experts) stays the built-in's unless ``NCSSM_PREFER`` names the other plugin's
+distribution or entry point; between two other plugins, the one ``NCSSM_PREFER`` names takes the
+name, and with none named the name is disabled: :meth:`Registry.get` then raises one sentence
+naming both and how to choose, and ``python -m ncssm_policies list`` shows it.
 
 >>> from ncssm_policies.registry import registry
 >>> spec = registry().get("gru")          # doctest: +SKIP
@@ -11,6 +21,8 @@ any failure marks that plugin broken, with one sentence, and the rest still load
 
 Disable plugins by entry-point or distribution name with ``load_registry(disable=[...])`` or the
 ``NCSSM_DISABLE_PLUGINS`` environment variable (comma separated); a disabled plugin is not imported.
+Choose the winner of a name collision with ``load_registry(prefer=[...])`` or ``NCSSM_PREFER``
+(comma separated distribution or entry-point names, compared as ``NCSSM_DISABLE_PLUGINS`` is).
 """
 
 from __future__ import annotations
@@ -23,7 +35,7 @@ import re
 import threading
 import traceback
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import pluggy
@@ -35,13 +47,15 @@ log = logging.getLogger(__name__)
 
 GROUP = "ncssm"
 DISABLE_ENV = "NCSSM_DISABLE_PLUGINS"
+PREFER_ENV = "NCSSM_PREFER"
+BUILTIN = ("ncssm", "builtin")  # the built-in policies' distribution and entry point
 _HOOK = "ncssm_register_policies"
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")  # a policy's or expert's name
+_NAME = re.compile(r"[a-z0-9][a-z0-9_.-]*")  # a policy's or expert's name, normalized
 _EXPERT_HOOK = "ncssm_register_experts"
 
 
 class PluginError(Exception):
-    """A plugin problem the registry cannot route around (two plugins claim one policy name)."""
+    """A plugin problem: the base of :class:`UnknownPolicyError`, what the tools catch."""
 
     def __str__(self) -> str:
         return str(self.args[0]) if self.args else ""
@@ -63,15 +77,24 @@ class Registered:
     def origin(self) -> str:
         return _origin(self.dist, self.entry_point)
 
+    @property
+    def builtin(self) -> bool:
+        return (_norm(self.dist), self.entry_point) == BUILTIN
+
 
 @dataclass
 class Registry:
-    """The loaded plugins: what they offer, which are broken (and why), which were disabled."""
+    """The loaded plugins: what they offer, which are broken (and why), which were disabled, and
+    the names two plugins offer (``conflicts``: disabled names; ``resolved``: kept by the built-in
+    or by ``NCSSM_PREFER``)."""
 
     policies: dict[str, Registered] = field(default_factory=dict)
     experts: dict[str, Registered] = field(default_factory=dict)
     broken: dict[str, str] = field(default_factory=dict)  # "dist (entry point)" -> one sentence
     disabled: list[str] = field(default_factory=list)  # "dist (entry point)"
+    conflicts: dict[str, str] = field(default_factory=dict)  # disabled policy name -> one sentence
+    expert_conflicts: dict[str, str] = field(default_factory=dict)  # the same, for experts
+    resolved: dict[str, str] = field(default_factory=dict)  # "policy 's5'" -> who kept it and why
     tracebacks: dict[str, str] = field(default_factory=dict, repr=False)  # origin -> traceback
     manager: pluggy.PluginManager | None = field(default=None, repr=False)  # the healthy plugins
 
@@ -79,17 +102,21 @@ class Registry:
         return sorted(self.policies)
 
     def __contains__(self, name: object) -> bool:
-        return name in self.policies
+        return _norm_name(name) in self.policies
 
     def get(self, name: str) -> PolicySpec:
-        """The policy called ``name``; an :class:`UnknownPolicyError` (a ``KeyError``) otherwise."""
+        """The policy called ``name`` (stripped, any case); an :class:`UnknownPolicyError` (a
+        ``KeyError``) otherwise."""
+        key = _norm_name(name)
         try:
-            return self.policies[name].spec
+            return self.policies[key].spec
         except (KeyError, TypeError):
             pass
+        if isinstance(key, str) and key in self.conflicts:
+            raise UnknownPolicyError(self.conflicts[key])
         known = ", ".join(self.names()) or "none"
         msg = f"no policy named {name!r}; known policies: {known}"
-        close = difflib.get_close_matches(str(name), self.names(), n=1)
+        close = difflib.get_close_matches(str(key), self.names(), n=1)
         if close:
             msg += f" (did you mean {close[0]!r}?)"
         if self.broken:
@@ -102,27 +129,36 @@ class Registry:
     def get_expert(self, name: str) -> ExpertSpec:
         """The expert called ``name``; an :class:`UnknownPolicyError` naming the known ones
         otherwise."""
-        if name in self.experts:
-            return self.experts[name].spec
+        key = _norm_name(name)
+        if isinstance(key, str) and key in self.experts:
+            return self.experts[key].spec
+        if isinstance(key, str) and key in self.expert_conflicts:
+            raise UnknownPolicyError(self.expert_conflicts[key])
         raise UnknownPolicyError(f"no expert named {name!r}; known experts: "
                                  f"{', '.join(sorted(self.experts)) or 'none'}.")
 
 
-def load_registry(disable: Iterable[str] = (), group: str = GROUP) -> Registry:
+def load_registry(disable: Iterable[str] = (), group: str = GROUP,
+                  prefer: Iterable[str] = ()) -> Registry:
     """Load every plugin of entry-point ``group``, skipping the ``disable``d ones.
 
-    ``disable`` and ``$NCSSM_DISABLE_PLUGINS`` name plugins by entry-point or distribution name.
-    Raises :class:`PluginError` when two plugins offer the same policy name.
+    ``disable`` and ``$NCSSM_DISABLE_PLUGINS`` name plugins by entry-point or distribution name;
+    ``prefer`` and ``$NCSSM_PREFER`` name the plugins that win a name collision. A collision
+    never raises: see the module's docstring.
     """
     if isinstance(disable, str):
         disable = [disable]
-    wanted_off = {_norm(d) for d in [*disable, *_env_disabled()] if d.strip()}
+    if isinstance(prefer, str):
+        prefer = [prefer]
+    wanted_off = {_norm(d) for d in [*disable, *_env_list(DISABLE_ENV)] if d.strip()}
+    preferred = {_norm(d) for d in [*prefer, *_env_list(PREFER_ENV)] if d.strip()}
 
     pm = pluggy.PluginManager(PROJECT)
     pm.add_hookspecs(hookspecs.NcssmSpec)
     spec_names = {name for name in dir(hookspecs.NcssmSpec) if name.startswith(f"{PROJECT}_")}
     reg = Registry(manager=pm)
     matched_off: set[str] = set()
+    claims: dict[str, dict[str, list[Registered]]] = {"policy": {}, "expert": {}}
 
     eps = sorted(importlib.metadata.entry_points(group=group),
                  key=lambda e: (_dist_name(e), e.name))
@@ -144,16 +180,23 @@ def load_registry(disable: Iterable[str] = (), group: str = GROUP) -> Registry:
             log.warning("ncssm plugin %s is broken: %s", origin, err.sentence,
                         extra={"ncssm_plugin_broken": origin})
             continue
-        for kind, found, table in (("policy", specs, reg.policies),
-                                   ("expert", expert_specs, reg.experts)):
+        for kind, found in (("policy", specs), ("expert", expert_specs)):
             for spec in found:
-                other = table.get(spec.name)
-                if other is not None:
-                    raise PluginError(
-                        f"{kind} {spec.name!r} is offered by two plugins, {other.origin} and "
-                        f"{origin}; uninstall or disable one of them ({DISABLE_ENV}="
-                        f"{other.entry_point} or {DISABLE_ENV}={ep.name}).")
-                table[spec.name] = Registered(spec, dist, ep.name)
+                claims[kind].setdefault(spec.name, []).append(Registered(spec, dist, ep.name))
+
+    for kind, table, conflicts in (("policy", reg.policies, reg.conflicts),
+                                   ("expert", reg.experts, reg.expert_conflicts)):
+        for name, offers in claims[kind].items():
+            if len(offers) == 1:
+                table[name] = offers[0]
+                continue
+            winner, sentence = _resolve(kind, name, offers, preferred)
+            if winner is None:
+                conflicts[name] = sentence
+            else:
+                table[name] = winner
+                reg.resolved[f"{kind} {name!r}"] = sentence
+            log.warning("%s", sentence, extra={"ncssm_plugin_conflict": f"{kind} {name!r}"})
 
     unmatched = wanted_off - matched_off
     if unmatched:
@@ -163,12 +206,41 @@ def load_registry(disable: Iterable[str] = (), group: str = GROUP) -> Registry:
     return reg
 
 
+def _resolve(kind: str, name: str, offers: list[Registered],
+             preferred: set[str]) -> tuple[Registered | None, str]:
+    """Who keeps a name several plugins offer (``None``: nobody), and the one sentence saying
+    so: the one plugin ``preferred`` names, else the built-in, else nobody."""
+    origins = [o.origin for o in offers]
+    both = (f"{origins[0]} and {origins[1]}" if len(origins) == 2
+            else f"{', '.join(origins[:-1])} and {origins[-1]}")
+    count = "two" if len(offers) == 2 else str(len(offers))
+    head = f"{kind} {name!r} is offered by {count} plugins, {both}"
+    chosen = [o for o in offers if {_norm(o.dist), _norm(o.entry_point)} & preferred]
+    if len(chosen) == 1:
+        return chosen[0], _sentence(f"{head}; {chosen[0].origin} takes it, as {PREFER_ENV} "
+                                    f"names it")
+    if len(chosen) > 1:
+        head += f" and {PREFER_ENV} names {len(chosen)} of them"
+    builtin = next((o for o in offers if o.builtin), None)
+    if builtin is not None:
+        others = [o for o in offers if o is not builtin]
+        return builtin, _sentence(
+            f"{head}; the built-in {builtin.origin} keeps it (set {PREFER_ENV}="
+            f"{others[0].dist} to give it to {others[0].origin} instead)")
+    nobody = "neither" if len(offers) == 2 else "none"
+    return None, _sentence(
+        f"{head}, so {nobody} is used; choose one with {PREFER_ENV}=<distribution> (for "
+        f"example {PREFER_ENV}={offers[0].dist}) or leave one out with {DISABLE_ENV}="
+        f"{offers[-1].entry_point}")
+
+
 _DEFAULT: Registry | None = None
 _LOCK = threading.Lock()
 
 
 def registry(reload: bool = False) -> Registry:
-    """The default registry (group ``ncssm``, ``$NCSSM_DISABLE_PLUGINS``), loaded once, cached."""
+    """The default registry (group ``ncssm``, ``$NCSSM_DISABLE_PLUGINS``, ``$NCSSM_PREFER``),
+    loaded once, cached."""
     global _DEFAULT
     with _LOCK:
         if _DEFAULT is None or reload:
@@ -232,7 +304,8 @@ def _call_one(pm: pluggy.PluginManager, plugin: Any, _HOOK: str = _HOOK,
     ``kind`` ExpertSpec) of this plugin alone and check what it returns."""
     others = [p for p in pm.get_plugins() if p is not plugin]
     caller = pm.subset_hook_caller(_HOOK, remove_plugins=others)
-    if not caller.get_hookimpls():
+    impls = [i for i in caller.get_hookimpls() if not (i.hookwrapper or i.wrapper)]
+    if not impls:
         return []  # the plugin implements other hooks only
     try:
         results = caller()
@@ -240,9 +313,15 @@ def _call_one(pm: pluggy.PluginManager, plugin: Any, _HOOK: str = _HOOK,
         pm.unregister(plugin)
         raise _Broken(f"{_HOOK}() raised {_describe(err)}", traceback.format_exc()) from None
     try:
+        if len(results) < len(impls):  # pluggy drops the hookimpls' None results
+            raise _Broken(f"{_HOOK}() returned None, expected a list of {kind.__name__} (did the "
+                          f"function forget its return?)")
         specs: list[PolicySpec] = []
         for result in results:  # one result per hookimpl of this plugin (normally one)
             specs.extend(_check_specs(result, _HOOK, kind))
+        if not specs:
+            raise _Broken(f"{_HOOK}() returned an empty list, expected at least one "
+                          f"{kind.__name__}")
         seen: set[str] = set()
         for spec in specs:
             if spec.name in seen:
@@ -263,6 +342,7 @@ def _check_specs(result: Any, _HOOK: str = _HOOK, kind: type = PolicySpec) -> li
     signature = "make(out_dim, **hparams)" if kind is PolicySpec else "make(model, **options)"
     if not isinstance(result, list):
         raise _Broken(f"{_HOOK}() returned {_kind(result)}, expected a list of {name}")
+    normalized = []
     for i, item in enumerate(result):
         if not isinstance(item, kind):
             raise _Broken(f"{_HOOK}() returned {_kind(item)} at index {i}, expected a "
@@ -270,7 +350,7 @@ def _check_specs(result: Any, _HOOK: str = _HOOK, kind: type = PolicySpec) -> li
         if not isinstance(item.name, str) or not item.name.strip():
             raise _Broken(f"{_HOOK}() returned a {name} at index {i} whose name is "
                           f"{item.name!r}, expected a non-empty string")
-        if not _NAME.fullmatch(item.name):  # a config names it: model_type, dagger.expert
+        if not _NAME.fullmatch(_norm_name(item.name)):  # a config names it: model_type, ...
             raise _Broken(f"{_HOOK}() returned a {name} at index {i} whose name is "
                           f"{_kind(item.name).split(' ', 1)[1]}, expected letters, digits, "
                           f"'_', '-' and '.' only")
@@ -280,7 +360,8 @@ def _check_specs(result: Any, _HOOK: str = _HOOK, kind: type = PolicySpec) -> li
         if not isinstance(item.description, str):
             raise _Broken(f"{_HOOK}() returned {name} {item.name!r} whose description is "
                           f"{_kind(item.description)}, expected a string")
-    return result
+        normalized.append(replace(item, name=_norm_name(item.name)))
+    return normalized
 
 
 # --- small helpers ---------------------------------------------------------------------------
@@ -301,8 +382,14 @@ def _norm(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name.strip()).lower()
 
 
-def _env_disabled() -> list[str]:
-    return [part for part in os.environ.get(DISABLE_ENV, "").split(",") if part.strip()]
+def _norm_name(name: Any) -> Any:
+    """A policy's or expert's name as the registry keys it: stripped, lower case (anything not a
+    string is left as it is)."""
+    return name.strip().lower() if isinstance(name, str) else name
+
+
+def _env_list(var: str) -> list[str]:
+    return [part for part in os.environ.get(var, "").split(",") if part.strip()]
 
 
 def _kind(value: Any) -> str:

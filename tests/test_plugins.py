@@ -10,6 +10,7 @@ may not load; nothing here depends on it.
 from __future__ import annotations
 
 import importlib.metadata
+import logging
 import os
 import subprocess
 import sys
@@ -24,6 +25,7 @@ import pytest
 from ncssm_policies.hookspecs import PolicySpec
 from ncssm_policies.registry import (
     DISABLE_ENV,
+    PREFER_ENV,
     PluginError,
     UnknownPolicyError,
     load_registry,
@@ -60,8 +62,9 @@ def ncssm_register_policies():
 
 @pytest.fixture(autouse=True)
 def _no_disable_env(monkeypatch):
-    """A user's own NCSSM_DISABLE_PLUGINS must not change what these tests see."""
+    """A user's own NCSSM_DISABLE_PLUGINS or NCSSM_PREFER must not change what these tests see."""
     monkeypatch.delenv(DISABLE_ENV, raising=False)
+    monkeypatch.delenv(PREFER_ENV, raising=False)
 
 
 @pytest.fixture
@@ -195,6 +198,13 @@ BROKEN = {
                       "has an invalid hook"),
     "no_hooks": ("def ncssm_register_policies():\n    return []\n", True,
                  "implements no ncssm hook"),
+    "returns_none": ("@hookimpl\ndef ncssm_register_policies():\n    pass\n", True,
+                     "ncssm_register_policies() returned None, expected a list of PolicySpec"),
+    "returns_empty": ("@hookimpl\ndef ncssm_register_policies():\n    return []\n", True,
+                      "ncssm_register_policies() returned an empty list, expected at least one"),
+    "expert_returns_none": ("@hookimpl\ndef ncssm_register_experts():\n    return None\n", True,
+                            "ncssm_register_experts() returned None, expected a list of "
+                            "ExpertSpec"),
 }
 
 
@@ -245,21 +255,121 @@ def test_same_module_under_two_entry_points_is_broken_once(tmp_path, monkeypatch
 # --- collisions and disabling ----------------------------------------------------------------
 
 
-def test_name_collision_names_both_distributions(install):
-    body = OK_BODY.replace("fixture_ok", "fixture_same")
-    install("collide_a", body)
-    install("collide_b", body)
-    with pytest.raises(PluginError) as info:
-        load_registry()
+def _claims(*names: str) -> str:
+    """A plugin body registering ``names`` (make: an identity function of its own)."""
+    specs = ", ".join(f"PolicySpec({n!r}, make=make, description='fixture')" for n in names)
+    return (f"def make(out_dim, **hp):\n    return None\n\n\n@hookimpl\n"
+            f"def ncssm_register_policies():\n    return [{specs}]\n")
+
+
+def _conflict_warnings(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records
+            if r.name == "ncssm_policies.registry" and hasattr(r, "ncssm_plugin_conflict")]
+
+
+BUILTIN = "ncssm (builtin)"
+
+
+def test_name_collision_names_both_distributions(install, caplog):
+    """Two plugins offering one name: that name is disabled (one warning, one sentence from
+    ``get``), everything else of both still works; disabling one of them resolves it."""
+    a = install("collide_a", _claims("dup", "only_a"))
+    b = install("collide_b", _claims("dup", "only_b"))
+    with caplog.at_level(logging.WARNING, logger="ncssm_policies.registry"):
+        reg = load_registry()
+    (warning,) = _conflict_warnings(caplog)
+    assert "'dup'" in warning and a in warning and b in warning
+    assert "dup" not in reg.policies and "dup" not in reg
+    assert reg.conflicts == {"dup": warning}
+    assert reg.policies["only_a"].origin == a and reg.policies["only_b"].origin == b
+    assert {"s5", "mamba"} <= set(reg.policies) and not reg.broken
+    require_gru(reg)
+
+    with pytest.raises(UnknownPolicyError) as info:
+        reg.get("dup")
     msg = str(info.value)
-    assert "'fixture_same'" in msg
-    assert "ncssm-fixture-collide-a (fixture_collide_a)" in msg
-    assert "ncssm-fixture-collide-b (fixture_collide_b)" in msg
-    assert DISABLE_ENV in msg
+    assert msg == warning and "\n" not in msg and msg.endswith(".")
+    assert a in msg and b in msg
+    assert f"{PREFER_ENV}=ncssm-fixture-collide-a" in msg and f"{DISABLE_ENV}=" in msg
 
     reg = load_registry(disable=["ncssm-fixture-collide-b"])  # disabling one resolves it
-    assert reg.policies["fixture_same"].dist == "ncssm-fixture-collide-a"
-    assert reg.disabled == ["ncssm-fixture-collide-b (fixture_collide_b)"]
+    assert reg.policies["dup"].dist == "ncssm-fixture-collide-a"
+    assert reg.disabled == [b] and not reg.conflicts
+
+
+def test_prefer_picks_between_two_plugins(install, monkeypatch, caplog):
+    install("collide_a", _claims("dup"))
+    b = install("collide_b", _claims("dup"))
+    monkeypatch.setenv(PREFER_ENV, "something-else, NCSSM_fixture_collide_b ")  # names normalize
+    with caplog.at_level(logging.WARNING, logger="ncssm_policies.registry"):
+        reg = load_registry()
+    assert reg.policies["dup"].origin == b and not reg.conflicts
+    (warning,) = _conflict_warnings(caplog)
+    assert f"{b} takes it, as {PREFER_ENV} names it" in warning
+    assert reg.resolved == {"policy 'dup'": warning}
+
+
+def test_builtin_name_stays_builtin(install, caplog):
+    """A plugin registering ``s5`` leaves ``s5`` the built-in's; its other names, ``mamba`` and
+    ``gru`` work; one warning names both."""
+    fixture = install("claims_s5", _claims("s5", "fixture_x"))
+    with caplog.at_level(logging.WARNING, logger="ncssm_policies.registry"):
+        reg = load_registry()
+    assert reg.policies["s5"].origin == BUILTIN
+    assert reg.get("s5").make.__module__ == "ncssm_policies.builtin"
+    assert reg.policies["fixture_x"].origin == fixture
+    assert reg.policies["mamba"].origin == BUILTIN
+    require_gru(reg)
+    assert not reg.conflicts and not reg.broken
+    (warning,) = _conflict_warnings(caplog)
+    assert BUILTIN in warning and fixture in warning and "keeps it" in warning
+    assert f"{PREFER_ENV}=ncssm-fixture-claims-s5" in warning
+    assert reg.resolved == {"policy 's5'": warning}
+
+
+def test_prefer_lets_a_plugin_take_a_builtin_name(install, monkeypatch, caplog):
+    fixture = install("claims_s5", _claims("s5", "fixture_x"))
+    monkeypatch.setenv(PREFER_ENV, "ncssm-fixture-claims-s5")
+    with caplog.at_level(logging.WARNING, logger="ncssm_policies.registry"):
+        reg = load_registry()
+    assert reg.policies["s5"].origin == fixture
+    assert reg.get("s5").make.__module__ == "ncssm_fixture_claims_s5"
+    assert reg.policies["mamba"].origin == BUILTIN  # the built-in's other names stay
+    (warning,) = _conflict_warnings(caplog)
+    assert BUILTIN in warning and f"{fixture} takes it" in warning
+    assert load_registry(prefer=["fixture_claims_s5"]).policies["s5"].origin == fixture
+
+
+def test_expert_collision_is_per_name(install):
+    body = ("from ncssm_policies.hookspecs import ExpertSpec\n\n@hookimpl\n"
+            "def ncssm_register_experts():\n"
+            "    return [ExpertSpec('Replay', print), ExpertSpec('mine', print)]\n")
+    fixture = install("expert_dup", body)
+    reg = load_registry()
+    assert reg.experts["replay"].origin == BUILTIN
+    assert reg.experts["mine"].origin == fixture
+    assert fixture not in reg.broken  # it implements no policy hook: not broken for that one
+    assert reg.get_expert(" MINE").make is print
+
+
+def test_names_are_normalized(install):
+    fixture = install("upper", _claims(" Fixture_Upper ", "S5 "))
+    reg = load_registry()
+    assert "fixture_upper" in reg.policies and " Fixture_Upper " not in reg.policies
+    assert reg.policies["fixture_upper"].spec.name == "fixture_upper"
+    assert reg.get("FIXTURE_upper ") is reg.policies["fixture_upper"].spec
+    assert reg.policies["s5"].origin == BUILTIN  # "S5 " is s5: a collision, not a second s5
+    assert "s5" in reg.resolved["policy 's5'"] and fixture in reg.resolved["policy 's5'"]
+    assert [n for n in reg.names() if n.strip().lower() == "s5"] == ["s5"]
+    assert " S5" in reg and "GRU" in reg
+    require_gru(reg)
+    assert reg.get(" GRU") is reg.policies["gru"].spec
+
+
+def test_names_differing_only_in_case_within_a_plugin_are_a_duplicate(install):
+    origin = install("case_dup", _claims("Same", "same"))
+    reg = load_registry()
+    assert "returned the policy name 'same' twice" in reg.broken[origin]
 
 
 def test_disable_by_entry_point_name_argument(install):
@@ -352,6 +462,35 @@ def test_cli_list_shows_broken_plugins(install, tmp_path):
     expected = f"{origin}: importing 'ncssm_fixture_raises_on_import' raised RuntimeError"
     assert expected in proc.stdout
     assert "ncssm-gru (gru)" in proc.stdout
+
+
+def test_train_list_policies_with_a_colliding_plugin(install, tmp_path):
+    """``ncssm-train --list-policies`` with a plugin claiming ``s5`` lists, with no traceback."""
+    fixture = install("claims_s5", _claims("s5", "fixture_x"))
+    env = {k: v for k, v in os.environ.items() if k not in (DISABLE_ENV, PREFER_ENV)}
+    env["PYTHONPATH"] = os.pathsep.join([str(tmp_path / "site"), env.get("PYTHONPATH", "")])
+    script = Path(sys.executable).with_name("ncssm-train")
+    command = [str(script)] if script.is_file() else [sys.executable, "-m", "ncssm_policies.train"]
+    proc = subprocess.run([*command, "--list-policies"], capture_output=True, text=True, cwd=REPO,
+                          env=env, timeout=120, check=False)
+    assert "Traceback" not in proc.stderr + proc.stdout, proc.stderr
+    assert proc.returncode in (0, 1), proc.stderr  # 1: something broken or conflicting
+    lines = {line.split()[0]: line for line in proc.stdout.splitlines() if line.startswith("  ")}
+    assert BUILTIN in lines["s5"] and fixture in lines["fixture_x"] and "mamba" in lines
+    assert "ncssm-gru (gru)" in lines["gru"]
+    assert fixture in proc.stdout + proc.stderr and "'s5'" in proc.stdout + proc.stderr
+
+
+def test_cli_list_shows_conflicts(install, tmp_path):
+    a = install("collide_a", _claims("dup"))
+    b = install("collide_b", _claims("dup"))
+    proc = _run_cli("list", env_extra={"PYTHONPATH": str(tmp_path / "site")})
+    assert "Traceback" not in proc.stderr, proc.stderr
+    out = proc.stdout
+    assert "conflicting names, disabled (1):" in out
+    (line,) = [line for line in out.splitlines() if "'dup'" in line]
+    assert a in line and b in line and PREFER_ENV in line
+    assert "ncssm-gru (gru)" in out
 
 
 def test_package_import_is_light():
