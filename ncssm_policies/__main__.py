@@ -51,6 +51,15 @@ def main(argv: list[str] | None = None) -> int:
             if args.traceback and reg.tracebacks.get(origin):
                 for tb_line in reg.tracebacks[origin].rstrip().splitlines():
                     print(f"      {tb_line}")
+    conflicts = [*reg.conflicts.values(), *reg.expert_conflicts.values()]
+    if conflicts:  # names two plugins offer and neither got: disabled
+        print(f"conflicting names, disabled ({len(conflicts)}):")
+        for sentence in conflicts:
+            print(f"  {sentence}")
+    if reg.resolved:  # names two plugins offer, kept by the built-in or by NCSSM_PREFER
+        print(f"name collisions, resolved ({len(reg.resolved)}):")
+        for sentence in reg.resolved.values():
+            print(f"  {sentence}")
     if reg.disabled:
         print(f"disabled plugins ({len(reg.disabled)}): {', '.join(reg.disabled)}")
     return 0
