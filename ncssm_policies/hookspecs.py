@@ -102,8 +102,12 @@ class NcssmSpec:
     def ncssm_register_policies(self) -> list[PolicySpec]:
         """Return the policies this plugin offers, as a list of :class:`PolicySpec`.
 
-        Called once per plugin when the registry loads. Policy names are global: two plugins
-        offering the same name is an error naming both (disable one to resolve it).
+        Called once per plugin when the registry loads; returning ``None`` or ``[]`` marks the
+        plugin broken. Names are stripped and lower-cased, and global: when two plugins offer one
+        name, that name alone is affected, with one warning naming both. A built-in name stays
+        the built-in's unless ``NCSSM_PREFER=<distribution>`` names the other plugin; between
+        two other plugins the one ``NCSSM_PREFER`` names takes it, and otherwise the name is
+        disabled until one is preferred or disabled (``NCSSM_DISABLE_PLUGINS``).
         """
         ...  # a specification: pluggy never calls this body; plugins implement the hook
 
