@@ -344,7 +344,7 @@ def ncssm_register_policies():
 COLLIDES = PLUGIN + """
 @hookimpl
 def ncssm_register_policies():
-    return [PolicySpec("s5", make=lambda out_dim, **hp: None, description="claims s5")]
+    return [PolicySpec("dup", make=lambda out_dim, **hp: None, description="claims dup")]
 """
 
 MAKES_NONE = PLUGIN + """
@@ -377,14 +377,19 @@ def nan_policy(work: Path, kit) -> Call:
 
 
 def collision(work: Path, kit) -> list[str]:
-    kit.install("collides", COLLIDES)
-    return ["--override", f"checkpoint={kit.checkpoint}", "out_dir=out", "episodes=1",
-            "num_envs=1", "video=false"]
+    """Two plugins register 'dup' (so neither gets it) and the checkpoint's policy is 'dup'."""
+    kit.install("collides_a", COLLIDES)
+    kit.install("collides_b", COLLIDES)
+    run = copy_checkpoint(work, kit, edit_config(model_type="dup"))
+    return ["--override", f"checkpoint={run}", "out_dir=out", "episodes=1", "num_envs=1",
+            "video=false"]
 
 
-def collision_list(work: Path, kit) -> list[str]:
-    kit.install("collides", COLLIDES)
-    return ["--list-policies"]
+def collision_train(work: Path, kit) -> list[str]:
+    kit.install("collides_a", COLLIDES)
+    kit.install("collides_b", COLLIDES)
+    return ["--override", "model_type=dup", f"clip_dir={kit.clips}", "seg_len=30",
+            "batch_size=4"]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -525,11 +530,10 @@ CASES: list[Case] = [
          "RuntimeError: boom in apply"),
     Case("plugin-nan-actions", "a plugin policy whose actions are NaN, evaluated closed loop",
          nan_policy, "evaluate", "were NaN or Inf", period=False),
-    Case("plugin-name-collision", "a plugin that registers the built-in name 's5'", collision,
-         "ncssm-rollout", "policy 's5' is offered by two plugins"),
-    Case("plugin-collision-list", "ncssm-train --list-policies with a plugin claiming 's5'",
-         collision_list,
-         "ncssm-train", "policy 's5' is offered by two plugins"),
+    Case("plugin-name-collision", "a checkpoint of policy 'dup', which two plugins register",
+         collision, "ncssm-rollout", "policy 'dup' is offered by two plugins"),
+    Case("plugin-collision-list", "ncssm-train model_type=dup, which two plugins register",
+         collision_train, "ncssm-train", "policy 'dup' is offered by two plugins"),
     Case("plugin-makes-none", "a plugin whose make() returns None instead of a module",
          plugin_checkpoint("makes_none", MAKES_NONE, "nothing"), "load_policy",
          "made a NoneType, expected a flax.linen.Module"),
