@@ -210,8 +210,13 @@ def generate(out_dir: str | Path, body: str = "rodent", n_clips: int = 32, n_fra
 
 
 def cache_dir() -> Path:
-    """Where built-in clips are cached: ``$NCSSM_CACHE``, else ``~/.cache/ncssm``."""
-    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "ncssm")
+    """Where built-in clips are cached: ``$NCSSM_CACHE``, else ``$XDG_CACHE_HOME/ncssm``, else
+    ``~/.cache/ncssm`` (platformdirs' user cache folder on Linux; a blank variable counts as
+    unset)."""
+    if os.environ.get(CACHE_ENV, "").strip():
+        return Path(os.environ[CACHE_ENV]).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME", "").strip()
+    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "ncssm"
 
 
 def builtin_clips(body: str = "rodent", n_clips: int = 64, n_frames: int = 600,

@@ -65,6 +65,18 @@ def test_builtin_clips_are_long_upright_and_cached(rodent_clips):
     assert (rodent_clips / "clip_0.h5").stat().st_mtime_ns == mtime
 
 
+def test_cache_folder_follows_xdg(monkeypatch, tmp_path):
+    """``$NCSSM_CACHE``, else ``$XDG_CACHE_HOME/ncssm``, else ``~/.cache/ncssm``."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    monkeypatch.setenv("NCSSM_CACHE", str(tmp_path / "mine"))
+    assert cache_dir() == tmp_path / "mine"
+    monkeypatch.delenv("NCSSM_CACHE")
+    assert cache_dir() == tmp_path / "xdg" / "ncssm"
+    monkeypatch.setenv("XDG_CACHE_HOME", "")  # blank counts as unset
+    assert cache_dir() == tmp_path / "home" / ".cache" / "ncssm"
+
+
 def test_obs_layout_is_the_clips_layout(test_clips):
     env = make(test_clips)
     with ClipStore(test_clips) as store:
