@@ -197,6 +197,10 @@ class TrackEnv(gym.Env):
         if not 0 <= t <= T - 2:
             raise ValueError(f"Reset option start={t} must be in [0, {T - 2}] for clip {i} of length {T}.")
         start_state(self.model, self.data, clip, t, rng, self.cfg.reset_noise, noise)
+        # Everything derived from the start state, not just the kinematics: the tracking
+        # camera (mj_camlight reads the subtree centres of mass), contacts, tendons, so that the
+        # frame rendered right after reset is right. The state itself is not changed.
+        mujoco.mj_forward(self.model, self.data)
         self._clip, self._clip_id, self._t = clip, i, t
         self._prev_action = clip.ctrl[t].copy()
         return self._obs(self._kin()), {"clip": i, "t": t,

@@ -190,6 +190,7 @@ class TrackVectorEnv(VectorEnv):
                                  f"{self.clip_ids[slot]} of length {T}.")
             start_state(self.model, self.datas[i], c, t, rng, self.cfg.reset_noise,
                         None if noise is None else noise[i])
+            mujoco.mj_forward(self.model, self.datas[i])  # all a render needs (see TrackEnv)
             self.slot[i], self.t[i], self.steps[i] = slot, t, 0
             self.prev_action[i] = c.ctrl[t]
 
