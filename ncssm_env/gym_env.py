@@ -52,6 +52,9 @@ class TrackEnv(gym.Env):
 
     ``spec`` (set by ``gymnasium.make``) keeps its kwargs as JSON types (:func:`json_kwargs`),
     so that ``spec.to_json()`` works (Minari stores it).
+
+    The env pickles and deep-copies mid-episode: the copy rebuilds its model and opens the clip
+    files again, then steps on exactly as the original (see :meth:`__getstate__`).
     """
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 50}
@@ -76,6 +79,9 @@ class TrackEnv(gym.Env):
         height: int = 240,
     ):
         K, n_substeps = check_count("K", K), check_count("n_substeps", n_substeps)
+        init = dict(body=body, K=K, contacts=contacts, timestep=timestep, n_substeps=n_substeps,
+                    solver=solver, iterations=iterations, ls_iterations=ls_iterations,
+                    render_mode=render_mode, width=width, height=height)
         if render_mode not in (None, *self.metadata["render_modes"]):
             raise ValueError(
                 f"Unknown render_mode {render_mode!r}; expected None or 'rgb_array'."
@@ -114,6 +120,8 @@ class TrackEnv(gym.Env):
         self._t = 0
         self._prev_action = np.zeros(self.model.nu)
         self._ignored_options: set[str] = set()
+        # What __setstate__ rebuilds the env from: the clips found, not a default looked up again.
+        self._init = {**init, "clip_dir": self.clip_dir, "clips": self.clip_ids, "task": self.cfg}
 
     @property
     def spec(self) -> EnvSpec | None:
@@ -124,6 +132,32 @@ class TrackEnv(gym.Env):
     def spec(self, spec: EnvSpec | None) -> None:
         self._spec = None if spec is None else \
             dataclasses.replace(spec, kwargs=json_kwargs(spec.kwargs))
+
+    # --- pickle and deepcopy -------------------------------------------------------------
+
+    _STATE = mujoco.mjtState.mjSTATE_INTEGRATION  # all that mj_step reads, warm start included
+
+    def __getstate__(self) -> dict:
+        """What a pickle or ``copy.deepcopy`` keeps: the constructor's arguments (with the clip
+        folder and clip ids resolved) and the episode: MuJoCo's integration state, the random
+        generator, the clip, frame and previous action. The MjModel, MjData, the clip files'
+        HDF5 handles and the renderer are rebuilt by :meth:`__setstate__`, never pickled."""
+        physics = np.empty(mujoco.mj_stateSize(self.model, self._STATE))
+        mujoco.mj_getState(self.model, self.data, physics, self._STATE)
+        return {"init": self._init, "physics": physics, "np_random": self._np_random,
+                "np_random_seed": self._np_random_seed, "clip_id": self._clip_id, "t": self._t,
+                "prev_action": self._prev_action.copy(), "spec": self._spec,
+                "ignored_options": set(self._ignored_options)}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(**state["init"])  # the model, MjData and clip files, opened again
+        mujoco.mj_setState(self.model, self.data, state["physics"], self._STATE)
+        mujoco.mj_forward(self.model, self.data)  # derived quantities (a render reads them)
+        self._np_random, self._np_random_seed = state["np_random"], state["np_random_seed"]
+        self._clip_id, self._t = state["clip_id"], state["t"]
+        self._clip = self.clip(self._clip_id) if self._clip_id >= 0 else None
+        self._prev_action = state["prev_action"].copy()
+        self._spec, self._ignored_options = state["spec"], set(state["ignored_options"])
 
     # --- clips --------------------------------------------------------------------------
 
