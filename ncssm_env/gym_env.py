@@ -25,6 +25,8 @@ from ncssm_env.body import body_def, body_index, build_model
 from ncssm_env.reference import (Clip, clip_kinematics, finite_difference_qvel, holding_ctrl,
                                   start_state)
 
+BACKENDS = ("cpu", "mjx", "auto")  # make_vec's vector envs (ncssm_env.vector.make_vector_env)
+
 
 class TrackEnv(gym.Env):
     """Track a reference clip with a MuJoCo body.
@@ -43,6 +45,10 @@ class TrackEnv(gym.Env):
         solver, iterations, ls_iterations: the constraint solver (None: the arena's; see
             :func:`ncssm_env.body.build_model`).
         render_mode: ``None`` or ``"rgb_array"``; ``width``/``height`` size the frame.
+        backend: accepted and ignored, so that ``gymnasium.make_vec(..., backend=...)`` works
+            in its ``"sync"`` and ``"async"`` modes, which pass make_vec's kwargs on to every
+            env; ``backend`` chooses the project's own vector env (the default mode, see
+            :func:`ncssm_env.vector.make_vector_env`), and each env here is MuJoCo C.
 
     Observation: float32 ``(D_obs,)`` named by ``obs_layout``. Action: float32 ``(nu,)`` in the
     actuators' ctrl ranges. ``info`` carries the clip, the frame and ``metrics``: each error
@@ -77,7 +83,10 @@ class TrackEnv(gym.Env):
         render_mode: str | None = None,
         width: int = 320,
         height: int = 240,
+        backend: str | None = None,
     ):
+        if backend is not None and backend not in BACKENDS:
+            raise ValueError(f"Unknown backend {backend!r}; expected one of {list(BACKENDS)}.")
         K, n_substeps = check_count("K", K), check_count("n_substeps", n_substeps)
         init = dict(body=body, K=K, contacts=contacts, timestep=timestep, n_substeps=n_substeps,
                     solver=solver, iterations=iterations, ls_iterations=ls_iterations,

@@ -26,10 +26,9 @@ from gymnasium.vector.utils import batch_space
 from ncssm_data.errors import check_count
 from ncssm_env import MAX_EPISODE_STEPS
 from ncssm_env import task as _task
-from ncssm_env.gym_env import TrackEnv
+from ncssm_env.gym_env import BACKENDS, TrackEnv
 from ncssm_env.reference import stack_clips, start_state
 
-BACKENDS = ("cpu", "mjx", "auto")
 MJX_ONLY = ("impl", "nconmax", "njmax")  # make_vec settings only the MJX backend takes
 
 

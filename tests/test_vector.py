@@ -28,6 +28,30 @@ def test_make_vec_gives_the_cpu_vector_env(test_clips):
     env.close()
 
 
+@pytest.mark.parametrize("mode", [None, "sync", "async"])
+def test_make_vec_modes(test_clips, mode):
+    """make_vec's three modes: the default (the vector_entry_point, this project's env) and
+    Gymnasium's sync and async envs of single envs, which get make_vec's kwargs, ``backend``
+    among them (dropped). All three replay a clip's controls to its stored observations."""
+    kw = {} if mode is None else {"vectorization_mode": mode}
+    env = gym.make_vec("NCSSM-Track-v0", num_envs=2, body="test", clip_dir=test_clips,
+                       backend="cpu", task=QUIET, **kw)
+    want = {None: TrackVectorEnv, "sync": gym.vector.SyncVectorEnv,
+            "async": gym.vector.AsyncVectorEnv}[mode]
+    assert type(env) is want and env.num_envs == 2
+    assert env.metadata["autoreset_mode"] == gym.vector.AutoresetMode.NEXT_STEP
+    with ClipStore(test_clips) as store:
+        c = store.read_clip(1, ["obs", "ctrl"])
+    obs, info = env.reset(seed=0, options={"clip": 1, "start": 4})
+    assert info["clip"].tolist() == [1, 1] and info["t"].tolist() == [4, 4]
+    np.testing.assert_array_equal(obs, np.stack([c["obs"][4]] * 2))
+    for t in range(5, 8):
+        obs, rew, term, trunc, info = env.step(np.stack([c["ctrl"][t]] * 2))
+        np.testing.assert_allclose(obs, np.stack([c["obs"][t]] * 2), atol=1e-5, rtol=0)
+        assert not (term.any() or trunc.any()) and info["t"].tolist() == [t, t]
+    env.close()
+
+
 def test_make_vec_on_the_rodent(rodent_clips):
     env = gym.make_vec("NCSSM-Track-v0", num_envs=2, backend="cpu")
     obs, _ = env.reset(seed=1)
@@ -106,6 +130,9 @@ def test_num_envs_must_be_positive(test_clips, n):
 def test_unknown_backend(test_clips):
     with pytest.raises(ValueError, match="Unknown backend 'gpu'; expected one of"):
         gym.make_vec("NCSSM-Track-v0", num_envs=2, body="test", clip_dir=test_clips, backend="gpu")
+    with pytest.raises(ValueError, match="Unknown backend 'gpu'; expected one of"):
+        gym.make_vec("NCSSM-Track-v0", num_envs=2, body="test", clip_dir=test_clips, backend="gpu",
+                     vectorization_mode="sync")
 
 
 def test_clips_of_another_body(test_clips):
