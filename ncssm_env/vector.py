@@ -46,9 +46,15 @@ class TrackVectorEnv(VectorEnv):
     ``info`` with ``clip``, ``t`` and ``metrics`` (the schema :data:`ncssm_env.task.METRICS`),
     each an (N,) array. A non-finite action terminates its env (cause ``nan``)
     without stepping its physics, as in the single env.
+
+    ``render_mode="rgb_array"`` (with ``width`` and ``height``, as the single env): ``render()``
+    returns one frame per env from its tracking camera, Gymnasium's convention for vector envs,
+    which its vector ``RecordVideo`` reads (tiled in a grid, or env 0 alone with
+    ``record_first_only=True``).
     """
 
-    metadata = {"autoreset_mode": AutoresetMode.NEXT_STEP, "render_modes": []}
+    metadata = {"autoreset_mode": AutoresetMode.NEXT_STEP, "render_modes": ["rgb_array"],
+                "render_fps": 50}
 
     def __init__(self, num_envs: int, max_episode_steps: int | None = MAX_EPISODE_STEPS,
                  n_threads: int | None = None, **kwargs):
@@ -58,6 +64,9 @@ class TrackVectorEnv(VectorEnv):
         self.model, self.idx, self.cfg, self.K = s.model, s.idx, s.cfg, s.K
         self.n_substeps, self.healthy_z = s.n_substeps, s.healthy_z
         self.max_episode_steps = max_episode_steps
+        self.render_mode = s.render_mode
+        self.metadata = {**self.metadata, "render_fps": s.metadata["render_fps"]}
+        self._renderer: mujoco.Renderer | None = None
         self.obs_layout = s.obs_layout
         self.single_observation_space = s.observation_space
         self.single_action_space = s.action_space
@@ -146,9 +155,24 @@ class TrackVectorEnv(VectorEnv):
                 "metrics": _task.metrics(np, err, terms, causes)}
         return obs, rew, terminated, truncated, info
 
+    def render(self) -> tuple[np.ndarray, ...] | None:
+        """One ``(height, width, 3)`` uint8 frame per env, or None without a render_mode."""
+        if self.render_mode != "rgb_array":
+            return None
+        if self._renderer is None:
+            self._renderer = mujoco.Renderer(self.model, self.single.height, self.single.width)
+        frames = []
+        for d in self.datas:
+            self._renderer.update_scene(d, camera="track")
+            frames.append(self._renderer.render())
+        return tuple(frames)
+
     def close_extras(self, **kwargs):
         if self._pool is not None:
             self._pool.shutdown()
+        if self._renderer is not None:
+            self._renderer.close()
+            self._renderer = None
         self.single.close()
 
     # --- helpers ------------------------------------------------------------------------

@@ -155,6 +155,27 @@ def test_render_returns_rgb_frame(test_clips):
     env.close()
 
 
+def test_record_video(test_clips, tmp_path):
+    """Gymnasium's RecordVideo around the env: an episode of 4 steps is an mp4 of 5 frames,
+    the first (rendered right after reset) not black."""
+    pytest.importorskip("moviepy")  # RecordVideo writes through it
+    import imageio
+    from gymnasium.wrappers import RecordVideo
+
+    env = make(test_clips, render_mode="rgb_array", width=64, height=48, max_episode_steps=4)
+    env = RecordVideo(env, str(tmp_path / "videos"), disable_logger=True)
+    env.reset(seed=0)
+    for _ in range(4):
+        *_, truncated, _ = env.step(np.zeros(4))
+    assert truncated
+    env.close()
+    (video,) = (tmp_path / "videos").glob("*.mp4")
+    with imageio.get_reader(video, format="FFMPEG") as reader:
+        frames = [f for f in reader]
+    assert len(frames) == 5 and frames[0].shape == (48, 64, 3)
+    assert frames[0].mean() > 0.5 * frames[1].mean() > 25
+
+
 def test_rodent_renders(rodent_clips):
     env = gym.make(ncssm_env.ENV_ID, render_mode="rgb_array", width=64, height=48)
     env.reset(seed=0)

@@ -52,6 +52,31 @@ def test_make_vec_modes(test_clips, mode):
     env.close()
 
 
+def test_record_video(test_clips, tmp_path):
+    """The vector env under Gymnasium's vector RecordVideo: one frame per env, tiled; episode
+    0 of env 0 (reset + 5 steps) is written as an mp4 when the next episode starts."""
+    pytest.importorskip("moviepy")  # RecordVideo writes through it
+    import imageio
+    from gymnasium.wrappers.vector import RecordVideo
+
+    env = gym.make_vec("NCSSM-Track-v0", num_envs=2, body="test", clip_dir=test_clips,
+                       render_mode="rgb_array", width=64, height=48, max_episode_steps=5)
+    frames = env.render()
+    assert len(frames) == 2 and all(f.shape == (48, 64, 3) and f.dtype == np.uint8 for f in frames)
+    env = RecordVideo(env, str(tmp_path / "videos"), episode_trigger=lambda e: e == 0,
+                      disable_logger=True)
+    env.reset(seed=0)
+    for _ in range(6):
+        env.step(np.zeros((2, 4), np.float32))
+    env.close()
+    (video,) = (tmp_path / "videos").glob("*.mp4")
+    assert video.stat().st_size > 0
+    with imageio.get_reader(video, format="FFMPEG") as reader:
+        got = [f for f in reader]
+    assert len(got) == 6 and got[0].shape == (48, 128, 3)  # reset + 5 steps, 2 envs side by side
+    assert got[0].mean() > 50  # frame 0 is not black
+
+
 def test_make_vec_on_the_rodent(rodent_clips):
     env = gym.make_vec("NCSSM-Track-v0", num_envs=2, backend="cpu")
     obs, _ = env.reset(seed=1)
