@@ -97,9 +97,10 @@ def test_env_spec_kwargs_are_json(test_clips):
 
 
 def test_data_collector_around_the_env(root, test_clips):
-    """Minari's own wrapper with record_infos: reset's info has step's keys, and the
-    ``minari_autoseed`` option it passes on is ignored with one warning."""
-    env = gym.make(ncssm_env.ENV_ID, body="test", clip_dir=test_clips)
+    """Minari's own wrapper with record_infos around an env made with a Path and a numpy
+    array: reset's info has step's keys, the ``minari_autoseed`` option it passes on is
+    ignored with one warning, and the dataset's recovered env replays the episode."""
+    env = gym.make(ncssm_env.ENV_ID, body="test", clip_dir=test_clips, clips=np.arange(3))
     collector = minari.DataCollector(env, record_infos=True)
     with pytest.warns(UserWarning, match="ignores the unknown reset option 'minari_autoseed'"):
         collector.reset(seed=3, options={"minari_autoseed": False, "clip": 1, "start": 70})
@@ -126,6 +127,13 @@ def test_data_collector_around_the_env(root, test_clips):
         assert ep.infos["clip"].tolist() == [clip] * (n + 1)
         assert set(ep.infos["metrics"]) == set(METRICS)
         assert ep.truncations[-1] and not ep.terminations.any()
+    recovered = dataset.recover_environment()
+    assert recovered.spec.kwargs == {"body": "test", "clip_dir": str(test_clips),
+                                     "clips": [0, 1, 2]}
+    ep = dataset[0]
+    obs, _ = recovered.reset(seed=3, options={"clip": 1, "start": 70})
+    replayed = [obs, *[recovered.step(a)[0] for a in ep.actions]]
+    np.testing.assert_array_equal(replayed, ep.observations)
 
 
 def test_rodent(tmp_path, root):
