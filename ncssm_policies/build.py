@@ -24,30 +24,21 @@ from ncssm_policies.config import ConfigError, TrainConfig
 
 
 def policy_hparams(cfg: TrainConfig) -> dict:
-    """The keyword arguments ``make(out_dim, **hparams)`` of ``cfg.model_type`` receives.
-
-    Every policy gets ``d_model`` and ``n_layers``; S5 and Mamba get their layer keys (and
-    ``dropout``) as ``layer_kwargs``, with ``model_kwargs`` merged in, except
-    :data:`POLICY_KWARGS` (``in_frames``), which go to the ``SequencePolicy`` itself; a
-    plugin's policy gets ``model_kwargs`` as they are.
-    """
-    if cfg.model_type == "s5":
-        layer = dict(state_dim=cfg.ssm_size, blocks=cfg.blocks, C_init=cfg.c_init,
-                     discretization=cfg.discretization, dt_min=cfg.dt_min, dt_max=cfg.dt_max,
-                     conj_sym=cfg.conj_sym, clip_eigs=cfg.clip_eigs,
-                     bidirectional=cfg.bidirectional, dropout=cfg.dropout)
-    elif cfg.model_type == "mamba":
-        layer = dict(d_state=cfg.d_state, expand=cfg.expand, dt_min=cfg.dt_min,
-                     dt_max=cfg.dt_max, dropout=cfg.dropout)
-    else:
-        return dict(d_model=cfg.d_model, n_layers=cfg.n_layers, **cfg.model_kwargs)
-    kwargs = dict(cfg.model_kwargs)
-    policy = {k: kwargs.pop(k) for k in POLICY_KWARGS if k in kwargs}
-    return dict(d_model=cfg.d_model, n_layers=cfg.n_layers, **policy,
-                layer_kwargs={**layer, **kwargs})
-
-
-POLICY_KWARGS = ("in_frames",)  # model_kwargs of S5 and Mamba that go to SequencePolicy
+    """The keyword arguments ``make(out_dim, **hparams)`` of ``cfg.model_type`` receives
+    (documented in :mod:`ncssm_policies.hookspecs`): ``d_model``, ``n_layers`` and ``dropout``
+    for every policy, the layer keys of the built-in S5 and Mamba, and every key of
+    ``model_kwargs``."""
+    hparams = dict(d_model=cfg.d_model, n_layers=cfg.n_layers, dropout=cfg.dropout)
+    kind = cfg.model_type.strip().lower()
+    if kind == "s5":
+        hparams.update(state_dim=cfg.ssm_size, blocks=cfg.blocks, C_init=cfg.c_init,
+                       discretization=cfg.discretization, dt_min=cfg.dt_min, dt_max=cfg.dt_max,
+                       conj_sym=cfg.conj_sym, clip_eigs=cfg.clip_eigs,
+                       bidirectional=cfg.bidirectional)
+    elif kind == "mamba":
+        hparams.update(d_state=cfg.d_state, expand=cfg.expand, dt_min=cfg.dt_min,
+                       dt_max=cfg.dt_max)
+    return {**hparams, **cfg.model_kwargs}
 
 
 def build_model(cfg: TrainConfig, dims: dict):
@@ -58,14 +49,22 @@ def build_model(cfg: TrainConfig, dims: dict):
     import flax.linen as nn
 
     reg = registry()
-    if cfg.model_type not in reg.names():
+    conflict = reg.conflicts.get(cfg.model_type.strip().lower())
+    if conflict:
+        raise ConfigError(f"Config key 'model_type' is {cfg.model_type!r}: {conflict}")
+    if cfg.model_type not in reg:
         broken = "".join(f"; plugin {origin} failed to load: {why.rstrip('.')}"
                          for origin, why in sorted(reg.broken.items()))
         raise ConfigError(
             f"Config key 'model_type' is {cfg.model_type!r}, which no installed plugin "
             f"registers; known: {', '.join(reg.names())} (ncssm-train --list-policies){broken}.")
+    spec, family = reg.get(cfg.model_type), get_mode(cfg.mmode).family
+    if family not in spec.families:
+        raise ConfigError(f"Policy {cfg.model_type!r} ({reg.policies[spec.name].origin}) serves "
+                          f"the families {', '.join(spec.families)}, but mmode {cfg.mmode!r} "
+                          f"needs the {family} family.")
     try:
-        model = build_policy(reg.get(cfg.model_type), cfg.mmode, int(dims["x_tgt"]),
+        model = build_policy(spec, cfg.mmode, int(dims["x_tgt"]),
                              int_dim=int(dims.get("int_dim", 16)),
                              decoder_hidden=tuple(cfg.decoder_hidden), embed_dim=cfg.embed_dim,
                              **policy_hparams(cfg))
@@ -73,7 +72,7 @@ def build_model(cfg: TrainConfig, dims: dict):
         raise ConfigError(f"Policy {cfg.model_type!r} rejected its hyper-parameters: {err}.") from None
     inner = getattr(model, "seq", model)  # the controllers wrap the registered policy
     if not isinstance(inner, nn.Module):
-        raise ConfigError(f"Policy {cfg.model_type!r} ({reg.policies[cfg.model_type].origin}) "
+        raise ConfigError(f"Policy {cfg.model_type!r} ({reg.policies[spec.name].origin}) "
                           f"made a {type(inner).__name__}, expected a flax.linen.Module (see "
                           f"ncssm_policies.hookspecs).")
     return model

@@ -6,10 +6,14 @@ NCSSM_API_VERSION = API_VERSION
 
 
 def _sequence(layer: str):
-    def make(out_dim: int, **hparams):
+    def make(out_dim: int, d_model: int = 128, n_layers: int = 4, in_frames: int = 1,
+             **layer_keys):
+        """``SequencePolicy`` of ``layer`` blocks; every other key (``dropout``, ``state_dim``,
+        ``d_state``, ...) goes to each block."""
         from ncssm_policies.models import SequencePolicy
 
-        return SequencePolicy(out_dim=out_dim, layer=layer, **hparams)
+        return SequencePolicy(out_dim=out_dim, layer=layer, d_model=d_model, n_layers=n_layers,
+                              in_frames=in_frames, layer_kwargs=layer_keys)
 
     return make
 

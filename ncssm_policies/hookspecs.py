@@ -23,9 +23,30 @@ to import, declares another ``NCSSM_API_VERSION``, or whose hook raises or retur
 malformed is reported as broken, by distribution and entry-point name, and every other plugin
 still loads. Any plugin can be disabled by name (``NCSSM_DISABLE_PLUGINS=gru``).
 
+What ``make`` receives
+----------------------
+``PolicySpec.make(out_dim, **hparams)`` is called by ``ncssm-train``, checkpoints and evaluation
+with keyword arguments from the run's config, the same for every policy:
+
+``out_dim``
+    The output width: the mode's target, or the intention width ``int_dim`` when the policy
+    sits inside the ``controller`` family.
+``d_model``, ``n_layers``
+    The config keys of the same names (model width, number of layers).
+``dropout``
+    The config key ``dropout``: the rate to apply when ``__call__``/``forward`` get
+    ``train=True`` (rng name ``"dropout"``); ``0.0`` means none.
+every key of ``model_kwargs``
+    The config's pass-through mapping, as keyword arguments (``model_kwargs: {hidden: 64}``
+    arrives as ``hidden=64``); the one place for a plugin's own hyper-parameters.
+
+The built-in ``s5`` and ``mamba`` also get their layer keys (``state_dim``, ``blocks``, ...;
+``d_state``, ``expand``, ...); no other config key reaches a plugin. A ``make`` that does not
+take a key it is given fails with a TypeError, reported as one sentence naming the policy.
+
 The policy module contract
 --------------------------
-``PolicySpec.make(out_dim, **hparams)`` returns a ``flax.linen.Module`` with these methods, where
+``make`` returns a ``flax.linen.Module`` instance (not the class) with these methods, where
 ``x`` is ``(B, T, D_in)``, ``x_t`` is ``(B, D_in)``, ``y`` is ``(B, T, out_dim)`` and ``y_t`` is
 ``(B, out_dim)``:
 
@@ -45,6 +66,11 @@ The one-step form must equal the parallel form: stepping through ``x`` one frame
 module built by ``make`` is initialized once, through ``__call__``, and the same ``params`` serve
 ``forward`` and ``step``). ``train`` switches training-only behaviour such as dropout; a policy
 without any ignores it.
+
+Check a policy against this contract with ``python -m ncssm_policies check NAME`` (or
+:func:`ncssm_policies.testing.check_policy` in the plugin's own tests): one sentence per failure,
+naming the plugin, its distribution and the method. ``ncssm-train`` runs its cheap part before
+it loads any data.
 
 This module imports only pluggy and the standard library.
 """
@@ -71,12 +97,21 @@ class PolicySpec:
 
     ``name`` is the registry name a config asks for (``"s5"``, ``"mamba"``, ``"gru"``); ``make``
     builds the policy module: ``make(out_dim: int, **hparams) -> flax.linen.Module`` following the
-    policy module contract above; ``description`` is one line for ``python -m ncssm_policies list``.
+    policy module contract above; ``description`` is one line for ``python -m ncssm_policies list``;
+    ``families`` are the policy families it serves (:data:`FAMILIES`; all by default): a mode
+    of another family refuses it.
     """
 
     name: str
     make: Callable[..., Any]
     description: str = ""
+    families: tuple[str, ...] = ("sequence", "syllable", "controller")
+
+
+FAMILIES = ("sequence", "syllable", "controller")
+"""The policy families (``ncssm_data.modes.Mode.family``): ``sequence`` (the policy alone, one
+input), ``syllable`` (a syllable embedding joins the state at the policy's input) and
+``controller`` (the policy predicts an ``int_dim`` intention that an MLP decodes with the obs)."""
 
 
 @dataclass(frozen=True)

@@ -107,50 +107,6 @@ def test_gru_found_through_its_entry_point():
     assert item.spec.description
 
 
-def test_gru_policy_contract():
-    spec = require_gru(load_registry()).spec
-    model = spec.make(out_dim=3)
-    B, T, D = 2, 50, 5
-    x = jax.random.normal(jax.random.key(0), (B, T, D))
-    params = jax.jit(model.init)(jax.random.key(1), x)
-    y = jax.jit(model.apply)(params, x)
-    assert y.shape == (B, T, 3)
-
-    # The one-step form, 50 steps from a fresh carry, equals the parallel form.
-    step = jax.jit(lambda p, c, x_t: model.apply(p, c, x_t, method="step"))
-    carry = model.initialize_carry(B)  # needs no parameters
-    ys = []
-    for t in range(T):
-        carry, y_t = step(params, carry, x[:, t])
-        ys.append(y_t)
-    np.testing.assert_allclose(np.stack(ys, axis=1), y, rtol=1e-4, atol=1e-6)
-
-    # Chunks chain through the carry: two calls of forward equal one pass.
-    @jax.jit
-    def one_pass_and_chunks(p, x):
-        c0 = model.initialize_carry(B)
-        c_all, y_all = model.apply(p, c0, x, method="forward")
-        c1, y1 = model.apply(p, c0, x[:, :20], method="forward")
-        c2, y2 = model.apply(p, c1, x[:, 20:], method="forward")
-        return c_all, y_all, c2, jnp.concatenate([y1, y2], axis=1)
-
-    c_all, y_all, c2, y_chunks = one_pass_and_chunks(params, x)
-    np.testing.assert_allclose(y_chunks, y_all, rtol=1e-4, atol=1e-6)
-    np.testing.assert_allclose(y_all, y, rtol=1e-4, atol=1e-6)
-    for a, b, s in zip(jax.tree.leaves(c2), jax.tree.leaves(c_all), jax.tree.leaves(carry),
-                       strict=True):
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
-        np.testing.assert_allclose(s, b, rtol=1e-4, atol=1e-6)
-
-    # Finite, non-trivial gradients through the scan.
-    def loss(p):
-        return jnp.mean(model.apply(p, x, train=True) ** 2)
-
-    leaves = jax.tree.leaves(jax.jit(jax.grad(loss))(params))
-    assert all(bool(jnp.all(jnp.isfinite(g))) for g in leaves)
-    assert any(float(jnp.max(jnp.abs(g))) > 0 for g in leaves)
-
-
 def test_gru_hparams_pass_through():
     spec = require_gru(load_registry()).spec
     model = spec.make(out_dim=4, d_model=8, n_layers=3)
@@ -457,7 +413,7 @@ def test_cli_list_shows_gru_with_its_distribution():
 def test_cli_list_shows_broken_plugins(install, tmp_path):
     origin = install("raises_on_import", BROKEN["raises_on_import"][0])
     proc = _run_cli("list", env_extra={"PYTHONPATH": str(tmp_path / "site")})
-    assert proc.returncode == 0, proc.stderr
+    assert proc.returncode == 1, proc.stderr  # so CI can use it
     assert "broken plugins" in proc.stdout
     expected = f"{origin}: importing 'ncssm_fixture_raises_on_import' raised RuntimeError"
     assert expected in proc.stdout
@@ -474,7 +430,8 @@ def test_train_list_policies_with_a_colliding_plugin(install, tmp_path):
     proc = subprocess.run([*command, "--list-policies"], capture_output=True, text=True, cwd=REPO,
                           env=env, timeout=120, check=False)
     assert "Traceback" not in proc.stderr + proc.stdout, proc.stderr
-    assert proc.returncode in (0, 1), proc.stderr  # 1: something broken or conflicting
+    assert proc.returncode == 0, proc.stderr  # the built-in kept s5: nothing is disabled
+    assert proc.stderr == ""  # the listing says it; no log line besides
     lines = {line.split()[0]: line for line in proc.stdout.splitlines() if line.startswith("  ")}
     assert BUILTIN in lines["s5"] and fixture in lines["fixture_x"] and "mamba" in lines
     assert "ncssm-gru (gru)" in lines["gru"]
@@ -486,6 +443,7 @@ def test_cli_list_shows_conflicts(install, tmp_path):
     b = install("collide_b", _claims("dup"))
     proc = _run_cli("list", env_extra={"PYTHONPATH": str(tmp_path / "site")})
     assert "Traceback" not in proc.stderr, proc.stderr
+    assert proc.returncode == 1  # a disabled name
     out = proc.stdout
     assert "conflicting names, disabled (1):" in out
     (line,) = [line for line in out.splitlines() if "'dup'" in line]
@@ -537,3 +495,117 @@ def test_a_plugin_registers_an_expert_that_evaluate_runs(install, test_clips, mo
     finally:
         monkeypatch.undo()  # the fixture distributions leave sys.path before the default
         registry(reload=True)  # registry is loaded again for the tests after this one
+
+
+# --- check_policy: the plugin author's check_env --------------------------------------------
+
+GOOD = """
+import flax.linen as nn
+import jax.numpy as jnp
+
+
+class Good(nn.Module):
+    \"\"\"A running sum of encoded frames, decoded: a recurrent policy small enough to compile
+    in a moment.\"\"\"
+
+    out_dim: int
+    d_model: int = 8
+    n_layers: int = 1
+    dropout: float = 0.0
+
+    def setup(self):
+        self.enc, self.dec = nn.Dense(self.d_model), nn.Dense(self.out_dim)
+        self.drop = nn.Dropout(self.dropout)
+
+    def __call__(self, x, train=False):
+        return self.forward(self.initialize_carry(x.shape[0]), x, train)[1]
+
+    def forward(self, carry, x, train=False):
+        h = carry[:, None] + jnp.cumsum(self.enc(x), axis=1)
+        return h[:, -1], self.dec(self.drop(h, deterministic=not train))
+
+    def initialize_carry(self, batch_size):
+        return jnp.zeros((batch_size, self.d_model))
+
+    def step(self, carry, x_t):
+        h = carry + self.enc(x_t)
+        return h, self.dec(h)
+"""
+
+# defect -> (the policy's code after GOOD, what make returns, a fragment of the one sentence)
+DEFECTS = {
+    "makes_the_class": ("", "Good", "returned the class Good, expected an instance"),
+    "makes_none": ("", "None", "returned NoneType None, expected a flax.linen.Module instance"),
+    "makes_sequential": ("", "nn.Sequential([nn.Dense(out_dim)])",
+                         "Sequential has no forward(), initialize_carry(), step()"),
+    "no_step": ("class Bad(Good):\n    step = None\n", "Bad(out_dim, **hp)",
+                "Bad has no step()"),
+    "step_swapped": ("class Bad(Good):\n    def step(self, c, x_t):\n"
+                     "        return tuple(reversed(Good.step(self, c, x_t)))\n",
+                     "Bad(out_dim, **hp)", "step(carry, x_t) returned y_t"),
+    "carry_never_updated": ("class Bad(Good):\n    def step(self, c, x_t):\n"
+                            "        return c, self.dec(c + self.enc(x_t))\n",
+                            "Bad(out_dim, **hp)",
+                            "step(carry, x_t) over 25 steps differs from __call__(x) by up to"),
+    "wrong_width": ("", "Good(out_dim + 1, **hp)", "__call__(x) returned shape (2, 50, 4), "
+                                                   "expected (2, 50, 3)"),
+    "rejects_dropout": ("def make2(out_dim, d_model, n_layers):\n"
+                        "    return Good(out_dim, d_model, n_layers)\n",
+                        "make2(out_dim, **hp)", "raised TypeError"),
+    "ignores_dropout": ("", "Good(out_dim, hp['d_model'], hp['n_layers'])",
+                        "gave the same output as train=False"),
+    "nan_gradients": ("class Bad(Good):\n    def __call__(self, x, train=False):\n"
+                      "        y = Good.__call__(self, x, train)  # plus 0, whose gradient is NaN\n"
+                      "        return y + jnp.sqrt(jnp.sum(self.enc(x) * 0.0))\n",
+                      "Bad(out_dim, **hp)", "gave NaN or Inf gradients"),
+}
+
+
+def _defect(key: str) -> str:
+    extra, made, _ = DEFECTS[key]
+    return (HEADER + GOOD + extra + "\n\n@hookimpl\ndef ncssm_register_policies():\n"
+            f"    return [PolicySpec('fixture_{key}', make=lambda out_dim, **hp: {made})]\n")
+
+
+@pytest.fixture
+def fresh_registry():
+    """The default registry reloaded after the test's fixture plugins are installed, and again
+    after they are gone."""
+    yield lambda: registry(reload=True)
+    registry(reload=True)
+
+
+@pytest.mark.parametrize("key", sorted(DEFECTS))
+def test_check_gives_each_defect_its_sentence(install, fresh_registry, capsys, key):
+    from ncssm_policies.__main__ import main as policies_main
+
+    origin = install(key, _defect(key))
+    fresh_registry()
+    assert policies_main(["check", f"fixture_{key}"]) == 1
+    out = capsys.readouterr().out
+    assert out.count("\n") == 1 and out.startswith(f"FAILED: Policy 'fixture_{key}' of plugin "
+                                                    f"{origin}: ")
+    assert DEFECTS[key][2] in out
+
+
+def test_check_passes_a_good_policy_in_every_family(install):
+    from ncssm_policies.testing import check_policy
+
+    install("good", HEADER + GOOD + "\n\n@hookimpl\ndef ncssm_register_policies():\n"
+            "    return [PolicySpec('fixture_good', make=Good)]\n")
+    spec = load_registry().get("fixture_good")
+    passed = check_policy(spec)
+    assert any("after a carry reset" in line for line in passed)
+    assert any("controller family" in line for line in passed)
+    assert any("syllable family" in line for line in passed)
+
+
+def test_cli_check_is_one_sentence_and_exit_1(install, tmp_path):
+    install("carry_never_updated", _defect("carry_never_updated"))
+    proc = _run_cli("check", "fixture_carry_never_updated",
+                    env_extra={"PYTHONPATH": str(tmp_path / "site")})
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stdout.startswith("FAILED: Policy 'fixture_carry_never_updated' of plugin "
+                                  "ncssm-fixture-carry-never-updated (fixture_carry_never_updated)"
+                                  ": step(carry, x_t)")
+    assert "Traceback" not in proc.stdout + proc.stderr

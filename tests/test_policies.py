@@ -11,8 +11,8 @@ from ncssm_policies.registry import registry
 
 B = 2
 STEPS = {"state_action": 490}  # the full training segment; the controller wrappers get 64
-SMALL = {"s5": dict(d_model=16, n_layers=2, layer_kwargs={"state_dim": 8}),
-         "mamba": dict(d_model=16, n_layers=2, layer_kwargs={"d_state": 4}),
+SMALL = {"s5": dict(d_model=16, n_layers=2, state_dim=8),
+         "mamba": dict(d_model=16, n_layers=2, d_state=4),
          "gru": dict(d_model=16, n_layers=2)}
 MODES = {  # mode -> (input widths, out_dim)
     "state_action": ((5,), 3),

@@ -13,7 +13,8 @@ __version__ = "0.1.0"
 
 
 def make_gru(out_dim: int, **hparams):
-    """``GRUPolicy(out_dim=out_dim, **hparams)``; hparams: ``d_model`` (128), ``n_layers`` (2)."""
+    """``GRUPolicy(out_dim=out_dim, **hparams)``; hparams: ``d_model`` (128), ``n_layers`` (2),
+    ``dropout`` (0.0)."""
     from ncssm_gru.policy import GRUPolicy
 
     return GRUPolicy(out_dim=out_dim, **hparams)

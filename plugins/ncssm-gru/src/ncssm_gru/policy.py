@@ -30,11 +30,15 @@ class GRUPolicy(nn.Module):
     out_dim: int
     d_model: int = 128
     n_layers: int = 2
+    dropout: float = 0.0  # on each GRU layer's input, only when train=True (rng "dropout")
 
     def setup(self):
         if self.n_layers < 1:
             raise ValueError(f"GRUPolicy needs n_layers >= 1, got {self.n_layers}.")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"GRUPolicy needs dropout in [0, 1), got {self.dropout}.")
         self.encoder = nn.Dense(self.d_model)
+        self.drop = nn.Dropout(self.dropout)
         self.cells = [nn.GRUCell(features=self.d_model) for _ in range(self.n_layers)]
         self.decoder = nn.Dense(self.out_dim)
 
@@ -48,7 +52,7 @@ class GRUPolicy(nn.Module):
         h = self.encoder(x)
         new_carry = []
         for cell, c in zip(self.cells, carry, strict=True):
-            c, h = _scan_cell(cell, c, h)
+            c, h = _scan_cell(cell, c, self.drop(h, deterministic=not train))
             new_carry.append(c)
         return tuple(new_carry), self.decoder(h)
 
