@@ -116,7 +116,9 @@ class TrackVectorEnv(VectorEnv):
         self._reset_envs(np.flatnonzero(mask), options.get("clip"), options.get("start"), noise)
         self._autoreset[mask] = False
         obs = self._observe(self._kin(), np.ones(self.num_envs, bool))
-        return obs, {"clip": self.clip_ids[self.slot].copy(), "t": self.t.copy()}
+        # step's keys, as the single env's reset gives them: metrics zero, no termination
+        return obs, {"clip": self.clip_ids[self.slot].copy(), "t": self.t.copy(),
+                     "metrics": {k: np.zeros(self.num_envs) for k in _task.METRICS}}
 
     def step(self, actions):
         a = np.asarray(actions, dtype=np.float64)

@@ -20,6 +20,8 @@ def test_make_vec_gives_the_cpu_vector_env(test_clips):
     assert env.metadata["autoreset_mode"] == gym.vector.AutoresetMode.NEXT_STEP
     obs, info = env.reset(seed=0)
     assert obs.shape == (3,) + env.single_observation_space.shape and obs.dtype == np.float32
+    assert tuple(info["metrics"]) == METRICS  # step's keys, zeros (as the single env's reset)
+    assert all(v.tolist() == [0.0] * 3 for v in info["metrics"].values())
     assert env.observation_space.contains(obs)
     obs, rew, term, trunc, info = env.step(env.action_space.sample())
     assert obs.shape[0] == rew.shape[0] == term.shape[0] == trunc.shape[0] == 3
