@@ -34,8 +34,12 @@ def test_make_vec_gives_the_cpu_vector_env(test_clips):
 def test_make_vec_modes(test_clips, mode):
     """make_vec's three modes: the default (the vector_entry_point, this project's env) and
     Gymnasium's sync and async envs of single envs, which get make_vec's kwargs, ``backend``
-    among them (dropped). All three replay a clip's controls to its stored observations."""
+    among them (dropped). All three replay a clip's controls to its stored observations.
+    The async env's workers are spawned (macOS's default), not forked from this process,
+    whose JAX threads (other tests) make fork unsafe; spawn costs about 1 s."""
     kw = {} if mode is None else {"vectorization_mode": mode}
+    if mode == "async":
+        kw["vector_kwargs"] = {"context": "spawn"}
     env = gym.make_vec("NCSSM-Track-v0", num_envs=2, body="test", clip_dir=test_clips,
                        backend="cpu", task=QUIET, **kw)
     want = {None: TrackVectorEnv, "sync": gym.vector.SyncVectorEnv,
