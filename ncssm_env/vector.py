@@ -44,8 +44,9 @@ class TrackVectorEnv(VectorEnv):
     and ``reset_mask`` (bool (N,): reset only these envs). ``step(actions (N, nu))`` returns
     ``obs (N, D_obs)`` float32, ``rewards (N,)``, ``terminated (N,)``, ``truncated (N,)`` and
     ``info`` with ``clip``, ``t`` and ``metrics`` (the schema :data:`ncssm_env.task.METRICS`),
-    each an (N,) array. A non-finite action terminates its env (cause ``nan``)
-    without stepping its physics, as in the single env.
+    each an (N,) array (``reset``'s info has the same keys, its metrics zero). A non-finite
+    action terminates its env (cause ``nan``) without stepping its physics, as in the single
+    env.
 
     ``render_mode="rgb_array"`` (with ``width`` and ``height``, as the single env): ``render()``
     returns one frame per env from its tracking camera, Gymnasium's convention for vector envs,
