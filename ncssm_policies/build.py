@@ -41,14 +41,8 @@ def policy_hparams(cfg: TrainConfig) -> dict:
     return {**hparams, **cfg.model_kwargs}
 
 
-def build_model(cfg: TrainConfig, dims: dict):
-    """The Flax module for ``cfg`` and data ``dims`` (``{"x_in": [...], "x_tgt": D, ...}``)."""
-    from ncssm_policies.models import build_policy
-    from ncssm_policies.registry import registry
-
-    import flax.linen as nn
-
-    reg = registry()
+def _registered(cfg: TrainConfig, reg):
+    """The PolicySpec ``cfg.model_type`` names in ``reg``; a ConfigError when none does."""
     conflict = reg.conflicts.get(cfg.model_type.strip().lower())
     if conflict:
         raise ConfigError(f"Config key 'model_type' is {cfg.model_type!r}: {conflict}")
@@ -58,7 +52,18 @@ def build_model(cfg: TrainConfig, dims: dict):
         raise ConfigError(
             f"Config key 'model_type' is {cfg.model_type!r}, which no installed plugin "
             f"registers; known: {', '.join(reg.names())} (ncssm-train --list-policies){broken}.")
-    spec, family = reg.get(cfg.model_type), get_mode(cfg.mmode).family
+    return reg.get(cfg.model_type)
+
+
+def build_model(cfg: TrainConfig, dims: dict):
+    """The Flax module for ``cfg`` and data ``dims`` (``{"x_in": [...], "x_tgt": D, ...}``)."""
+    from ncssm_policies.models import build_policy
+    from ncssm_policies.registry import registry
+
+    import flax.linen as nn
+
+    reg = registry()
+    spec, family = _registered(cfg, reg), get_mode(cfg.mmode).family
     if family not in spec.families:
         raise ConfigError(f"Policy {cfg.model_type!r} ({reg.policies[spec.name].origin}) serves "
                           f"the families {', '.join(spec.families)}, but mmode {cfg.mmode!r} "
@@ -76,6 +81,82 @@ def build_model(cfg: TrainConfig, dims: dict):
                           f"made a {type(inner).__name__}, expected a flax.linen.Module (see "
                           f"ncssm_policies.hookspecs).")
     return model
+
+
+def preflight(cfg: TrainConfig) -> None:
+    """``ncssm-train``'s cheap contract check of a plugin's policy, before any data loads: the
+    quick part of :func:`ncssm_policies.testing.check_policy` with the run's hyper-parameters and
+    family (shapes and 8 steps of step vs parallel, a few seconds). A failure is a ConfigError
+    naming the policy and its plugin. The built-in policies are checked by ncssm's own tests."""
+    from ncssm_policies.registry import BUILTIN, registry
+    from ncssm_policies.testing import PolicyCheckError, check_policy
+
+    reg = registry()
+    spec = _registered(cfg, reg)
+    if (reg.policies[spec.name].dist, reg.policies[spec.name].entry_point) == BUILTIN:
+        return
+    try:
+        check_policy(spec.name, policy_hparams(cfg), quick=True, family=get_mode(cfg.mmode).family)
+    except PolicyCheckError as err:
+        raise ConfigError(f"{str(err).rstrip('.')}; ncssm-train refuses it before loading data "
+                          f"(python -m ncssm_policies check {spec.name} runs the full "
+                          f"check).") from None
+
+
+def plugin_blame(err: BaseException) -> str | None:
+    """One sentence naming the plugin whose code raised ``err`` (the innermost traceback frame
+    in a third-party policy's or expert's package, through ``__cause__``/``__context__``), or
+    None when no plugin's code is on the traceback."""
+    import os
+    import sys
+    import traceback
+
+    from ncssm_policies.registry import BUILTIN, registry
+
+    reg = registry()
+    roots = {}  # package folder -> "policy 'gru' of plugin ncssm-gru (gru)"
+    for kind, table in (("policy", reg.policies), ("expert", reg.experts)):
+        for name, item in table.items():
+            if (item.dist, item.entry_point) == BUILTIN:
+                continue
+            top = sys.modules.get(str(getattr(item.spec.make, "__module__", "")).split(".")[0])
+            for folder in getattr(top, "__path__", None) or [os.path.dirname(
+                    getattr(top, "__file__", "") or "")]:
+                if folder:
+                    roots[os.path.realpath(folder) + os.sep] = (
+                        f"{kind} {name!r} of plugin {item.origin}")
+    seen, chain = set(), err
+    while chain is not None and id(chain) not in seen and roots:
+        seen.add(id(chain))
+        for frame in reversed(traceback.extract_tb(chain.__traceback__)):
+            path = os.path.realpath(frame.filename)
+            for root, who in roots.items():
+                if path.startswith(root):
+                    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+                    what = f"{type(err).__name__}: {lines[0]}" if lines else type(err).__name__
+                    return (f"The {who} raised {what} in {frame.name} "
+                            f"({os.path.basename(path)}:{frame.lineno})")
+        chain = chain.__cause__ or chain.__context__
+    return None
+
+
+def report_error(prog: str, err: Exception, full: bool, expected: tuple) -> int:
+    """Exit code 2 with one line on stderr for an error raised in a plugin's code (naming the
+    plugin; ``full``: the traceback too) or of an ``expected`` kind; other errors re-raise."""
+    import sys
+    import traceback
+
+    blame = plugin_blame(err)
+    if blame is None and not isinstance(err, expected):
+        raise err
+    if blame is not None and full:
+        traceback.print_exception(err)
+    if blame is None:
+        print(f"{prog}: error: {err}", file=sys.stderr)
+    else:
+        print(f"{prog}: error: {blame}{'' if full else ' (--traceback prints the rest)'}.",
+              file=sys.stderr)
+    return 2
 
 
 def dummy_input(dims: dict, batch: int, length: int):

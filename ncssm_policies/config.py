@@ -36,10 +36,11 @@ class TrainConfig:
     Model: ``model_type`` is a registered policy (``ncssm-train --list-policies``); ``mmode`` a
     modeling mode (:data:`ncssm_data.MODES`). S5 reads ``ssm_size`` (P), ``blocks``, ``c_init``,
     ``discretization``, ``dt_min``/``dt_max``, ``conj_sym``, ``clip_eigs``, ``bidirectional``;
-    Mamba reads ``d_state`` (N), ``expand``, ``dt_min``/``dt_max``. ``model_kwargs`` go to the
-    policy's ``make`` as they are (a plugin's own hyper-parameters); for S5 and Mamba they go
-    to every block (S5's ``conv_width``, say), except ``in_frames``, which goes to the
-    ``SequencePolicy`` (its encoder reads the last K frames). The controller
+    Mamba reads ``d_state`` (N), ``expand``, ``dt_min``/``dt_max``. Every policy's ``make``
+    gets ``d_model``, ``n_layers``, ``dropout`` and each key of ``model_kwargs`` as keyword
+    arguments (a plugin's own hyper-parameters; see :mod:`ncssm_policies.hookspecs`); for S5 and
+    Mamba they go to every block (S5's ``conv_width``, say), except ``in_frames``, which goes to
+    the ``SequencePolicy`` (its encoder reads the last K frames). The controller
     (``state_intention_controller``) adds ``int_dim`` (None: the width of the clips'
     ``/latent_mean``) and ``decoder_hidden``; the syllable controller ``embed_dim``.
 

@@ -1017,13 +1017,17 @@ def main(argv=None) -> int:
     p.add_argument("--override", nargs="+", default=[], metavar="KEY=VALUE",
                    help="config values, each read as a YAML scalar")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--traceback", action="store_true",
+                   help="on an error raised in a plugin's code, print the full traceback too")
     args = p.parse_args(argv)
     try:
         cfg = load_config(args.config, args.override, cls=RolloutConfig)
         res, paths = rollout(cfg, progress=not args.no_progress)
-    except (ConfigError, CheckpointError, ValueError, OSError, PluginError) as err:
-        print(f"ncssm-rollout: error: {err}", file=sys.stderr)
-        return 2
+    except Exception as err:  # noqa: BLE001 - a plugin's error is one sentence naming it
+        from ncssm_policies.build import report_error
+
+        return report_error("ncssm-rollout", err, args.traceback,
+                            (ConfigError, CheckpointError, ValueError, OSError, PluginError))
     n = res.summary.get("episodes", res.summary.get("windows"))
     what = f"{res.summary.get('checkpoint')} ({cfg.which})" if res.summary.get("checkpoint") \
         else f"{cfg.checkpoint} baseline"

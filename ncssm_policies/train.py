@@ -336,7 +336,9 @@ def train(cfg: TrainConfig, run_dir: str | Path | None = None, progress: bool = 
     """
     from ncssm_policies import checkpoint as ckpt
     from ncssm_policies import distributed
+    from ncssm_policies.build import preflight
 
+    preflight(cfg)  # a plugin's policy that breaks the contract, refused before any data loads
     multi = _check_multiprocess(cfg)
     shard = _shardings(cfg.batch_size)  # refuses a batch the devices cannot split, first
     if multi:
@@ -659,6 +661,8 @@ def _finish(setup: Setup, result: RunResult, model, params, val_batch, metrics_p
                "target": setup.train_ds.mode.x_tgt, "step": result.step,
                "train_loss": result.train_loss, "val_loss": result.val_loss,
                "val_r2": result.val_r2, "paths": result.paths}
+    # The results so far first: a closed-loop evaluation that fails loses nothing.
+    atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2))
     if cfg.eval_episodes and get_mode(cfg.mmode).acts:
         ev = evaluate(run_dir, num_envs=min(cfg.eval_envs, cfg.eval_episodes),
                       episodes=cfg.eval_episodes, seed=cfg.seed, progress=progress,
@@ -752,6 +756,8 @@ def main(argv=None) -> int:
     p.add_argument("--list-policies", action="store_true",
                    help="list the registered policies and broken plugins, then exit")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--traceback", action="store_true",
+                   help="on an error raised in a plugin's code, print the full traceback too")
     dist = p.add_argument_group(
         "several processes (data-parallel; inside srun with several tasks they come from SLURM)")
     dist.add_argument("--coordinator", metavar="HOST:PORT",
@@ -766,7 +772,7 @@ def main(argv=None) -> int:
     sweep.add_argument("--report", action="store_true", help="only report the sweep so far")
     sweep.add_argument("--sweep-worker", metavar="ID", help=argparse.SUPPRESS)  # one worker
     args = p.parse_args(argv)
-    from ncssm_policies.registry import PluginError  # (two plugins offering one name)
+    from ncssm_policies.registry import PluginError
 
     if args.sweep:
         from ncssm_policies.sweep import main as sweep_main
@@ -797,9 +803,11 @@ def main(argv=None) -> int:
         if distributed.is_main():
             target = json.loads(Path(result.paths["summary"]).read_text())["target"]
             print(summary_text(cfg, result, target, time.perf_counter() - t0))
-    except (ConfigError, TrainingError, ValueError, OSError, PluginError) as err:
-        print(f"ncssm-train: error: {err}", file=sys.stderr)
-        return 2
+    except Exception as err:  # noqa: BLE001 - a plugin's error is one sentence naming it
+        from ncssm_policies.build import report_error
+
+        return report_error("ncssm-train", err, args.traceback,
+                            (ConfigError, TrainingError, ValueError, OSError, PluginError))
     return 0
 
 

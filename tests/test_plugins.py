@@ -10,6 +10,7 @@ may not load; nothing here depends on it.
 from __future__ import annotations
 
 import importlib.metadata
+import json
 import logging
 import os
 import subprocess
@@ -609,3 +610,77 @@ def test_cli_check_is_one_sentence_and_exit_1(install, tmp_path):
                                   "ncssm-fixture-carry-never-updated (fixture_carry_never_updated)"
                                   ": step(carry, x_t)")
     assert "Traceback" not in proc.stdout + proc.stderr
+
+
+# --- ncssm-train with a plugin's policy: the pre-flight, and errors in the plugin's code --------
+
+def _train_args(clip_dir, tmp_path, model_type: str, **extra) -> list[str]:
+    keys = {**dict(clip_dir=str(clip_dir), model_type=model_type, seg_len=20, batch_size=2,
+                   epochs=1, iters_per_epoch=2, val_steps=1, d_model=8, n_layers=1,
+                   runs_dir=str(tmp_path / "runs"), eval_episodes=0), **extra}
+    return ["--no-progress", "--override", *(f"{k}={v}" for k, v in keys.items())]
+
+
+def test_train_refuses_a_policy_that_fails_the_preflight(install, fresh_registry, capsys,
+                                                          tmp_path):
+    from ncssm_policies.train import main as train_main
+
+    origin = install("carry_never_updated", _defect("carry_never_updated"))
+    fresh_registry()
+    # No such clip folder: the refusal comes before any data is looked at.
+    args = _train_args(tmp_path / "no_clips", tmp_path, "fixture_carry_never_updated")
+    assert train_main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(
+        f"ncssm-train: error: Policy 'fixture_carry_never_updated' of plugin {origin}: step(carry,")
+    assert "refuses it before loading data" in err
+    assert not (tmp_path / "runs").exists()
+
+
+# A policy that passes the pre-flight (B = 2) but raises closed loop, where 3 envs step it.
+FAILS_CLOSED_LOOP = """
+class Bad(Good):
+    def step(self, c, x_t):
+        if x_t.shape[0] == 3:
+            raise RuntimeError("boom in step with 3 envs")
+        return Good.step(self, c, x_t)
+"""
+
+
+def test_a_plugin_error_in_evaluation_is_one_sentence_and_loses_nothing(
+        install, fresh_registry, capsys, test_clips, tmp_path):
+    from ncssm_policies.train import main as train_main
+
+    origin = install("fails_closed_loop", GOOD + FAILS_CLOSED_LOOP
+                     + "\n\n@hookimpl\ndef ncssm_register_policies():\n"
+                     "    return [PolicySpec('fixture_bad', make=Bad)]\n")
+    fresh_registry()
+    args = _train_args(test_clips, tmp_path, "fixture_bad", eval_episodes=3, eval_envs=3,
+                       name="bad")
+    assert train_main(args) == 2
+    err = capsys.readouterr().err
+    assert err == (f"ncssm-train: error: The policy 'fixture_bad' of plugin {origin} raised "
+                   f"RuntimeError: boom in step with 3 envs in step (ncssm_fixture_fails_closed_"
+                   f"loop.py:{_line_of('boom in step')}) (--traceback prints the rest).\n")
+    (summary,) = (tmp_path / "runs").glob("*/summary.json")  # written before the evaluation
+    assert np.isfinite(json.loads(summary.read_text())["val_loss"])
+
+    # --traceback: the whole traceback, then the sentence without the hint
+    from ncssm_policies.build import report_error
+
+    model = registry().get("fixture_bad").make(4)
+    try:
+        model.init(jax.random.key(0), model.initialize_carry(3), jnp.zeros((3, 5)), method="step")
+    except RuntimeError as raised:
+        assert report_error("ncssm-train", raised, True, ()) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("Traceback (most recent call last):")
+    assert err.splitlines()[-1] == (f"ncssm-train: error: The policy 'fixture_bad' of plugin "
+                                    f"{origin} raised RuntimeError: boom in step with 3 envs in "
+                                    f"step (ncssm_fixture_fails_closed_loop.py:"
+                                    f"{_line_of('boom in step')}).")
+
+
+def _line_of(text: str) -> int:
+    lines = (HEADER + textwrap.dedent(GOOD + FAILS_CLOSED_LOOP)).splitlines()
+    return next(i for i, line in enumerate(lines, 1) if text in line)
