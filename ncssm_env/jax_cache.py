@@ -26,7 +26,7 @@ def enable_compilation_cache() -> Path | None:
     """Turn on JAX's persistent compilation cache; returns its folder, or None when off.
 
     The folder is ``$NCSSM_JAX_CACHE``, else ``jax/`` in the clip cache (``$NCSSM_CACHE``, else
-    ``~/.cache/ncssm``). ``NCSSM_JAX_CACHE=off`` turns it off. A cache folder already set
+    ``$XDG_CACHE_HOME/ncssm``, else ``~/.cache/ncssm``). ``NCSSM_JAX_CACHE=off`` turns it off. A cache folder already set
     (``jax.config.jax_compilation_cache_dir`` or ``JAX_COMPILATION_CACHE_DIR``) is left as it
     is. Programs that compile in under a second are not stored.
 

@@ -14,6 +14,7 @@ Reached through ``gymnasium.make_vec("NCSSM-Track-v0", num_envs=N, backend="cpu"
 from __future__ import annotations
 
 import os
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -60,6 +61,7 @@ class TrackVectorEnv(VectorEnv):
     def __init__(self, num_envs: int, max_episode_steps: int | None = MAX_EPISODE_STEPS,
                  n_threads: int | None = None, **kwargs):
         self.num_envs = check_count("num_envs", num_envs)
+        self._ignored_options: set[str] = set()  # unknown reset options warned about once
         self.single = TrackEnv(**kwargs)
         s = self.single
         self.model, self.idx, self.cfg, self.K = s.model, s.idx, s.cfg, s.K
@@ -97,10 +99,12 @@ class TrackVectorEnv(VectorEnv):
         if seed is not None:
             self._np_random, self._np_random_seed = gym.utils.seeding.np_random(seed)
         options = dict(options or {})
-        unknown = set(options) - {"clip", "start", "noise", "reset_mask"}
-        if unknown:
-            raise ValueError(f"Unknown reset option {sorted(unknown)[0]!r}; expected 'clip', "
-                             f"'start', 'noise' or 'reset_mask'.")
+        for key in sorted(set(options) - {"clip", "start", "noise", "reset_mask"}
+                          - self._ignored_options):
+            # Wrappers pass their own options, as for the single env: one warning per key.
+            warnings.warn(f"TrackVectorEnv ignores the unknown reset option {key!r}; it reads "
+                          f"'clip', 'start', 'noise' and 'reset_mask'.", stacklevel=2)
+            self._ignored_options.add(key)
         mask = np.ones(self.num_envs, bool) if options.get("reset_mask") is None else \
             np.asarray(options["reset_mask"], bool)
         if mask.shape != (self.num_envs,):

@@ -1,5 +1,7 @@
 """The CPU vector env: make_vec, parity with the single env, NEXT_STEP autoreset, replay, bad input."""
 
+import warnings
+
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -230,6 +232,12 @@ def test_reset_noise_option(test_clips):
                                atol=1e-12)
     with pytest.raises(ValueError, match=r"Reset option noise has shape \(3,\); expected"):
         env.reset(options={"noise": np.zeros(3)})
+    # An option it does not know (a wrapper's own): one warning per key, then silence
+    with pytest.warns(UserWarning, match="ignores the unknown reset option 'minari_autoseed'"):
+        env.reset(options={"minari_autoseed": False})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        env.reset(options={"minari_autoseed": False})
     env.close()
     single = TrackEnv(body="test", clip_dir=test_clips)
     single.reset(seed=0, options={"clip": 0, "start": 3, "noise": np.full(nj, 0.05)})
