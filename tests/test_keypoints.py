@@ -151,3 +151,85 @@ def test_the_shared_rat_reads_alike_from_nwb_and_mat():
     assert nwb.fps == pytest.approx(30.0) and nwb.unit == "pixels"  # it holds millimetres
     mat = read_keypoints(REAL / "rat_dannce_keypoints_1000.mat", names=nwb.names, fps=30.0)
     np.testing.assert_array_equal(mat.xyz, nwb.xyz)
+
+
+# --- the keypoint map and the units (ncssm_env.keypoint_fit) -----------------------------------
+
+REPO = Path(__file__).resolve().parents[1]
+MAP = REPO / "configs" / "keypoints_rodent.yaml"
+
+
+@pytest.fixture(scope="module")
+def rodent():
+    from ncssm_env.body import build_model
+
+    return build_model("rodent")
+
+
+def _recorded(rodent, scale: float) -> "object":
+    """The map's keypoints on the rodent in 6 poses (qpos0 and 5 random joint perturbations),
+    times ``scale``, as a recording."""
+    from ncssm_data.keypoints import Keypoints
+    from ncssm_env.keypoint_fit import load_keypoint_map, map_positions
+
+    kmap = load_keypoint_map(MAP, rodent)
+    rng = np.random.default_rng(0)
+    frames = []
+    for i in range(6):
+        qpos = rodent.qpos0.copy()
+        qpos[7:] += 0.2 * rng.standard_normal(rodent.nq - 7) * (i > 0)
+        frames.append(map_positions(rodent, kmap, qpos) * scale)
+    return Keypoints(np.stack(frames), kmap.names, np.arange(6) / 30.0, None, None,
+                     "synthetic.nwb"), kmap
+
+
+@pytest.mark.parametrize("unit, scale", [("m", 1.0), ("cm", 100.0), ("mm", 1000.0)])
+def test_units_are_detected_from_bone_lengths(rodent, unit, scale):
+    from ncssm_env.keypoint_fit import detect_units
+
+    recorded, kmap = _recorded(rodent, scale * 1.1)  # an animal 10% larger than the body
+    got, ratio = detect_units(recorded, rodent, kmap)
+    assert got == unit and 0.9 < ratio < 1.3
+
+
+def test_units_off_by_1000_are_one_sentence(rodent):
+    from ncssm_env.keypoint_fit import detect_units
+
+    recorded, kmap = _recorded(rodent, 1e6)  # micrometres
+    with pytest.raises(ClipError) as err:
+        detect_units(recorded, rodent, kmap)
+    assert str(err.value).startswith("Keypoint file synthetic.nwb is 1e+06 times the body's "
+                                     "size in metres, which matches no unit (m, cm, mm)")
+
+
+def test_bad_keypoint_maps_are_one_sentence(rodent, tmp_path):
+    from ncssm_data.keypoints import Keypoints
+    from ncssm_env.keypoint_fit import load_keypoint_map
+
+    recorded = Keypoints(np.zeros((2, 2, 3)), ("Snout", "HandL"), np.arange(2.0), None, None,
+                         "rec.nwb")
+    cases = {
+        "Snout: {body: skul}\n": "keypoint 'Snout' sits on body 'skul', which the model does "
+                                 "not have (did you mean 'skull'?).",
+        "Snot: {body: skull}\n": "names keypoint 'Snot', which rec.nwb does not have (did you "
+                                 "mean 'Snout'?); it has Snout, HandL.",
+        "Snout: {body: skull, offset: [0, 1]}\n": "has offset [0, 1], expected 3 finite numbers",
+        "Snout: {body: skull, offset: [0, 0, 5]}\n": "(each within 0.5)",
+        "Snout: skull\n": "must be {body: BODY, offset: [x, y, z]}",
+    }
+    for i, (body, fragment) in enumerate(cases.items()):
+        path = tmp_path / f"map{i}.yaml"
+        path.write_text("keypoints:\n  " + body)
+        with pytest.raises(ClipError) as err:
+            load_keypoint_map(path, rodent, recorded)
+        assert fragment in str(err.value) and str(err.value).startswith(f"Keypoint map {path}")
+
+
+@pytest.mark.skipif(not (REAL / "rat_dannce_keypoints_1000.nwb").is_file(),
+                    reason="../shared/data/real is not here")
+def test_the_shared_rat_is_in_millimetres(rodent):
+    from ncssm_env.keypoint_fit import detect_units, load_keypoint_map
+
+    recorded = read_keypoints(REAL / "rat_dannce_keypoints_1000.nwb")  # says "pixels"
+    unit, ratio = detect_units(recorded, rodent, load_keypoint_map(MAP, rodent, recorded))
+    assert unit == "mm" and 0.8 < ratio < 1.05  # the rat is about 0.92 times the body
