@@ -124,8 +124,12 @@ def build_model(
     solver: str | None = None,
     iterations: int | None = None,
     ls_iterations: int | None = None,
+    sites: dict[str, tuple[str, tuple[float, float, float]]] | None = None,
 ) -> mujoco.MjModel:
     """Compile the arena with ``body`` attached at the origin under a free root joint.
+
+    ``sites`` adds a site per entry, ``{name: (body, pos)}`` with ``pos`` in the body's frame,
+    metres (keypoint fitting marks its keypoints so); they are named ``"walker/<name>"``.
 
     Names inside the body get the prefix ``"walker/"`` (``"walker/torso"``, ``"walker/hand_L"``),
     as dm-control does; the free joint is ``"walker/root"``. ``timestep`` is the physics step in seconds; the control step is
@@ -161,6 +165,11 @@ def build_model(
         touches_floor = bdef.is_collision(geom) and keep(geom)
         geom.contype = 1 if touches_floor else 0
         geom.conaffinity = 1 if touches_floor and contacts == "all" else 0
+    for name, (parent, pos) in (sites or {}).items():
+        if spec.body(parent) is None:
+            raise ValueError(f"Site {name!r} is on body {parent!r}, which {body!r} does not have.")
+        spec.body(parent).add_site(name=name, pos=[float(p) for p in pos], size=[0.004] * 3,
+                                   group=3, rgba=[0.9, 0.1, 0.1, 1.0])
     root = spec.body(bdef.root)
     root.add_freejoint(name="root")
     arena.worldbody.add_frame().attach_body(root, PREFIX, "")

@@ -6,13 +6,17 @@
 - :func:`detect_units`: the recording's length unit, from its keypoint distances against the
   body's: files state units unreliably (the shared NWB says ``pixels`` and holds millimetres).
 
-The per-frame inverse kinematics (mink) and the offset fit come next.
+- :func:`fit_keypoints`: STAC's idea with mink: per-frame inverse kinematics (one position
+  task per keypoint site, joint limits, a posture task toward the previous frame, warm
+  started) alternating with the least-squares fit of each keypoint's offset in its body's
+  frame, shared over frames and pulled toward its initial value.
 """
 
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import mujoco
@@ -35,6 +39,7 @@ class KeypointMap:
     bodies: np.ndarray
     offsets: np.ndarray
     source: str
+    body_names: tuple[str, ...] = ()  # the bodies' names in the body file (no "walker/")
 
 
 def load_keypoint_map(path: str | Path, model: mujoco.MjModel,
@@ -55,7 +60,7 @@ def load_keypoint_map(path: str | Path, model: mujoco.MjModel,
     bodies = {mujoco.mj_id2name(model, mujoco.mjtObj.mjOBJ_BODY, i): i
               for i in range(1, model.nbody)}
     short = {name.split("/", 1)[-1]: i for name, i in bodies.items()}
-    names, ids, offsets = [], [], []
+    names, ids, offsets, body_names = [], [], [], []
     for name, entry in entries.items():
         where = f"Keypoint map {path}: keypoint {name!r}"
         if not isinstance(entry, dict) or set(entry) - {"body", "offset"} or "body" not in entry:
@@ -79,6 +84,7 @@ def load_keypoint_map(path: str | Path, model: mujoco.MjModel,
         names.append(str(name))
         ids.append(i)
         offsets.append(offset)
+        body_names.append(mujoco.mj_id2name(model, mujoco.mjtObj.mjOBJ_BODY, i).split("/", 1)[-1])
     if recorded is not None:
         missing = [n for n in names if n not in recorded.names]
         if missing:
@@ -87,7 +93,8 @@ def load_keypoint_map(path: str | Path, model: mujoco.MjModel,
             raise ClipError(f"Keypoint map {path} names keypoint {missing[0]!r}, which "
                             f"{recorded.source} does not have{hint}; it has "
                             f"{', '.join(recorded.names)}.")
-    return KeypointMap(tuple(names), np.asarray(ids), np.asarray(offsets), str(path))
+    return KeypointMap(tuple(names), np.asarray(ids), np.asarray(offsets), str(path),
+                       tuple(body_names))
 
 
 def map_positions(model: mujoco.MjModel, kmap: KeypointMap,
@@ -131,3 +138,173 @@ def detect_units(recorded: Keypoints, model: mujoco.MjModel,
                         f"in metres, which matches no unit (m, cm, mm) within a factor of "
                         f"{UNIT_TOLERANCE:g}; check its scale (off by 1000?) or give --units.")
     return unit, ratio / UNITS[unit]
+
+
+# --- the fit ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FitConfig:
+    """``posture_cost``: the pull toward the previous frame's pose, against a position cost of
+    1 per metre; ``iterations`` Gauss-Newton steps per frame (``first_iterations`` for the
+    first); ``rounds`` of [IK over the frames, then the offsets]; ``offset_pull`` how hard each
+    offset is pulled toward its initial value (0: free); ``offset_every`` the frame stride of
+    the offset fit; ``min_keypoints`` below which a frame is interpolated, not fitted."""
+
+    posture_cost: float = 3e-3
+    iterations: int = 10
+    first_iterations: int = 200
+    rounds: int = 4
+    offset_pull: float = 0.1
+    offset_every: int = 2
+    min_keypoints: int = 6
+    solver: str = "daqp"
+    tol: float = 1e-6
+
+
+@dataclass
+class Fit:
+    """The fit of T frames: ``qpos`` (T, nq), the keypoint ``offsets`` (K, 3) in their bodies'
+    frames, the ``residual`` (T, K) metres (NaN where a keypoint is missing), ``interpolated``
+    (T,) the frames with too few keypoints, and ``limit_hits`` (T,) hinge joints at a limit."""
+
+    qpos: np.ndarray
+    offsets: np.ndarray
+    residual: np.ndarray
+    interpolated: np.ndarray
+    limit_hits: np.ndarray
+    seconds_per_frame: float = field(default=0.0)
+
+
+def fitting_model(body: str, kmap: KeypointMap, offsets: np.ndarray | None = None):
+    """The body with one site per keypoint (``walker/kp_<name>``, at ``offsets``, default the
+    map's) and the sites' ids (K,)."""
+    from ncssm_env.body import build_model
+
+    offsets = kmap.offsets if offsets is None else offsets
+    model = build_model(body, sites={f"kp_{n}": (b, tuple(o)) for n, b, o in
+                                     zip(kmap.names, kmap.body_names, offsets, strict=True)})
+    ids = np.array([model.site(f"walker/kp_{n}").id for n in kmap.names])
+    # A site compiled at its body's origin is marked "same frame" and kinematics then ignore
+    # its site_pos: unmark them, so that the offsets the fit moves are used.
+    model.site_sameframe[ids] = 0
+    return model, ids
+
+
+def _kabsch_root(model, data, sites: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """qpos0 with the free root moved and turned so that the present ``target`` keypoints
+    (K, 3) best match the sites at rest (Kabsch)."""
+    qpos = model.qpos0.copy()
+    data.qpos[:] = qpos
+    mujoco.mj_kinematics(model, data)
+    ok = np.isfinite(target).all(axis=1)
+    a, b = data.site_xpos[sites[ok]], target[ok]
+    ca, cb = a.mean(0), b.mean(0)
+    u, _, vt = np.linalg.svd((a - ca).T @ (b - cb))
+    rot = vt.T @ np.diag([1.0, 1.0, np.sign(np.linalg.det(vt.T @ u.T))]) @ u.T
+    quat = np.empty(4)
+    mujoco.mju_mat2Quat(quat, (rot @ _quat_mat(qpos[3:7])).ravel())
+    qpos[:3] = rot @ (qpos[:3] - ca) + cb
+    qpos[3:7] = quat
+    return qpos
+
+
+def _quat_mat(quat: np.ndarray) -> np.ndarray:
+    mat = np.empty(9)
+    mujoco.mju_quat2Mat(mat, quat)
+    return mat.reshape(3, 3)
+
+
+def fit_keypoints(xyz: np.ndarray, body: str, kmap: KeypointMap,
+                  cfg: FitConfig = FitConfig()) -> Fit:
+    """Fit ``body`` to keypoints ``xyz`` (T, K, 3) metres, in ``kmap``'s order, NaN where
+    missing. See the module docstring; the offsets start at the map's."""
+    import time
+
+    import mink
+
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # small dense solves: threads only cost
+    model, sites = fitting_model(body, kmap)
+    data = mujoco.MjData(model)
+    xyz = np.asarray(xyz, np.float64)
+    present = np.isfinite(xyz).all(axis=2)  # (T, K)
+    fitted = present.sum(axis=1) >= cfg.min_keypoints
+    if not fitted.any():
+        raise ClipError(f"No frame has {cfg.min_keypoints} or more keypoints present (of "
+                        f"{len(kmap.names)}); nothing can be fitted.")
+    tasks = [mink.FrameTask(f"walker/kp_{n}", "site", position_cost=1.0, orientation_cost=0.0)
+             for n in kmap.names]
+    posture = mink.PostureTask(model, cost=cfg.posture_cost)
+    limits = [mink.ConfigurationLimit(model)]
+    conf = mink.Configuration(model)
+    offsets = kmap.offsets.copy()
+    t0 = time.perf_counter()
+    qpos = np.empty((len(xyz), model.nq))
+    for rnd in range(cfg.rounds + 1):  # [IK, offsets] x rounds, then the final IK
+        model.site_pos[sites] = offsets  # mutable after compiling: no rebuild
+        q = None
+        for t in np.flatnonzero(fitted):
+            q = _kabsch_root(model, data, sites, xyz[t]) if q is None else q
+            conf.update(q)
+            posture.set_target(q)
+            active = [posture]
+            for k in np.flatnonzero(present[t]):
+                tasks[k].set_target(mink.SE3.from_translation(xyz[t, k]))
+                active.append(tasks[k])
+            for _ in range(cfg.first_iterations if t == np.flatnonzero(fitted)[0]
+                           else cfg.iterations):
+                v = mink.solve_ik(conf, active, 1.0, cfg.solver, damping=1e-6, limits=limits)
+                conf.integrate_inplace(v, 1.0)
+                if np.linalg.norm(v) < cfg.tol:
+                    break
+            q = conf.q.copy()
+            qpos[t] = q
+        if rnd < cfg.rounds:
+            offsets = _fit_offsets(model, data, kmap, qpos, xyz, present & fitted[:, None],
+                                   cfg)
+    seconds = (time.perf_counter() - t0) / ((cfg.rounds + 1) * fitted.sum())
+    qpos = _interpolate(qpos, fitted)
+    model.site_pos[sites] = offsets
+    residual = np.full(present.shape, np.nan)
+    hits = np.zeros(len(xyz), int)
+    hinge = model.jnt_type == mujoco.mjtJoint.mjJNT_HINGE
+    adr, lo, hi = model.jnt_qposadr[hinge], model.jnt_range[hinge, 0], model.jnt_range[hinge, 1]
+    for t in range(len(xyz)):
+        data.qpos[:] = qpos[t]
+        mujoco.mj_kinematics(model, data)
+        err = np.linalg.norm(data.site_xpos[sites] - xyz[t], axis=1)
+        residual[t, present[t]] = err[present[t]]
+        angle = qpos[t, adr]
+        hits[t] = int(((angle <= lo + 1e-4) | (angle >= hi - 1e-4)).sum())
+    return Fit(qpos, offsets, residual, ~fitted, hits, seconds)
+
+
+def _fit_offsets(model, data, kmap, qpos, xyz, use, cfg) -> np.ndarray:
+    """Each keypoint's offset in its body's frame, over every ``offset_every``-th fitted frame:
+    the mean of R_b(t)^T (x_t - p_b(t)) (least squares, R orthonormal), pulled toward the
+    map's initial offset by ``offset_pull`` (STAC's regularizer; one keypoint per body trades
+    its offset against the joint angle)."""
+    total = np.zeros((len(kmap.names), 3))
+    count = np.zeros(len(kmap.names))
+    for t in np.flatnonzero(use.any(axis=1))[::cfg.offset_every]:
+        data.qpos[:] = qpos[t]
+        mujoco.mj_kinematics(model, data)
+        rot = data.xmat[kmap.bodies].reshape(-1, 3, 3)
+        local = np.einsum("kji,kj->ki", rot, xyz[t] - data.xpos[kmap.bodies])
+        total[use[t]] += local[use[t]]
+        count[use[t]] += 1
+    pull = cfg.offset_pull * max(count.max(), 1.0)
+    return (total + pull * kmap.offsets) / (count + pull)[:, None]
+
+
+def _interpolate(qpos: np.ndarray, fitted: np.ndarray) -> np.ndarray:
+    """The frames not ``fitted`` (T,) filled from their fitted neighbours: linear for the
+    position and the hinges, the root quaternion interpolated and renormalized."""
+    if fitted.all():
+        return qpos
+    t_ok = np.flatnonzero(fitted)
+    out = qpos.copy()
+    for j in range(qpos.shape[1]):
+        out[:, j] = np.interp(np.arange(len(qpos)), t_ok, qpos[t_ok, j])
+    out[:, 3:7] /= np.linalg.norm(out[:, 3:7], axis=1, keepdims=True)
+    return out

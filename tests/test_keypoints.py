@@ -233,3 +233,79 @@ def test_the_shared_rat_is_in_millimetres(rodent):
     recorded = read_keypoints(REAL / "rat_dannce_keypoints_1000.nwb")  # says "pixels"
     unit, ratio = detect_units(recorded, rodent, load_keypoint_map(MAP, rodent, recorded))
     assert unit == "mm" and 0.8 < ratio < 1.05  # the rat is about 0.92 times the body
+
+
+# --- the fit (mink IK and the offsets) ---------------------------------------------------------
+
+LEGS = ("hip", "knee", "ankle")  # the hind-limb joints the keypoints pin down
+
+
+@pytest.fixture(scope="module")
+def synthetic(rodent, rodent_clips):
+    """Keypoints from 30 frames of a built-in rodent clip (known qpos) at known offsets (the
+    map's plus 1 cm per axis), with 0.5 mm noise: (qpos (T, nq), xyz (T, K, 3), map, true
+    offsets)."""
+    import dataclasses
+
+    import mujoco
+
+    from ncssm_env.keypoint_fit import fitting_model, load_keypoint_map
+
+    kmap = load_keypoint_map(MAP, rodent)
+    rng = np.random.default_rng(0)
+    true = dataclasses.replace(kmap, offsets=kmap.offsets + rng.normal(0, 0.01, (23, 3)))
+    model, sites = fitting_model("rodent", true)
+    with h5py.File(sorted(Path(rodent_clips).glob("clip_*.h5"))[0]) as f:
+        qpos = f["qpos"][:30]
+    data, xyz = mujoco.MjData(model), np.empty((len(qpos), len(sites), 3))
+    for t, q in enumerate(qpos):
+        data.qpos[:] = q
+        mujoco.mj_kinematics(model, data)
+        xyz[t] = data.site_xpos[sites]
+    return qpos, xyz + rng.normal(0, 5e-4, xyz.shape), kmap, true
+
+
+def _legs(model) -> list[int]:
+    import mujoco
+
+    return [int(model.jnt_qposadr[j]) for j in range(model.njnt)
+            if any(s in mujoco.mj_id2name(model, mujoco.mjtObj.mjOBJ_JOINT, j) for s in LEGS)]
+
+
+def test_the_fit_recovers_known_joint_angles(rodent, synthetic):
+    from ncssm_env.keypoint_fit import FitConfig, fit_keypoints
+
+    qpos, xyz, _, true = synthetic
+    fit = fit_keypoints(xyz, "rodent", true, FitConfig(rounds=0))  # the true offsets
+    legs = _legs(rodent)
+    assert len(legs) == 10
+    rms = float(np.sqrt(np.mean((fit.qpos[:, legs] - qpos[:, legs]) ** 2)))
+    assert rms <= 0.05, rms
+    assert np.nanmedian(fit.residual) < 1e-3  # the noise is 0.5 mm
+    assert not fit.interpolated.any() and fit.limit_hits.shape == (30,)
+
+
+def test_the_offsets_are_fitted_with_the_frames(synthetic):
+    from ncssm_env.keypoint_fit import FitConfig, fit_keypoints
+
+    _, xyz, kmap, true = synthetic  # the fit starts from the map's offsets, 1 cm per axis off
+    before = np.median(np.linalg.norm(kmap.offsets - true.offsets, axis=1))
+    fit = fit_keypoints(xyz, "rodent", kmap, FitConfig(rounds=2, offset_pull=0.0))
+    after = np.median(np.linalg.norm(fit.offsets - true.offsets, axis=1))
+    assert after < 0.6 * before, (before, after)
+    assert np.nanmedian(fit.residual) < 1e-3
+
+
+def test_missing_keypoints_and_empty_frames(synthetic):
+    from ncssm_env.keypoint_fit import FitConfig, fit_keypoints
+
+    _, xyz, _, true = synthetic
+    xyz = xyz[:12].copy()
+    xyz[:, 0] = np.nan  # Snout never seen: skipped, no residual
+    xyz[5, 3:] = np.nan  # frame 5 keeps 2 keypoints: interpolated and marked
+    fit = fit_keypoints(xyz, "rodent", true, FitConfig(rounds=0))
+    assert np.isnan(fit.residual[:, 0]).all() and fit.interpolated.tolist() == [
+        t == 5 for t in range(12)]
+    np.testing.assert_allclose(fit.qpos[5, 7:], (fit.qpos[4, 7:] + fit.qpos[6, 7:]) / 2, atol=1e-12)
+    with pytest.raises(ClipError, match="No frame has 6 or more keypoints present"):
+        fit_keypoints(np.full_like(xyz, np.nan), "rodent", true)
