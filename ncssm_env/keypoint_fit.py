@@ -1,11 +1,10 @@
-"""Fitting the body to recorded keypoints (issue 19): the keypoint map and the units.
+"""Fitting the body to recorded keypoints (issue 19): the keypoint map, the units, the fit.
 
 - :func:`load_keypoint_map`: a config such as ``configs/keypoints_rodent.yaml`` (each keypoint's
   body and initial offset in that body's frame, metres), checked against the model and the
   recording: a keypoint the file lacks, a body the model lacks, a bad offset are one sentence.
 - :func:`detect_units`: the recording's length unit, from its keypoint distances against the
   body's: files state units unreliably (the shared NWB says ``pixels`` and holds millimetres).
-
 - :func:`fit_keypoints`: STAC's idea with mink: per-frame inverse kinematics (one position
   task per keypoint site, joint limits, a posture task toward the previous frame, warm
   started) alternating with the least-squares fit of each keypoint's offset in its body's
