@@ -128,13 +128,7 @@ def _read_nwb(path: Path, animal, names, fps) -> Keypoints:
             raise ClipError(f"NWB file {path} holds no ndx-pose PoseEstimation group under "
                             f"processing/ (expected processing/<module>/PoseEstimation/"
                             f"<keypoint>/data).")
-        if animal is None and len(groups) > 1:
-            raise ClipError(f"NWB file {path} holds {len(groups)} animals "
-                            f"({', '.join(sorted(groups))}); pick one with --animal.")
-        if animal is not None and animal not in groups:
-            raise ClipError(f"NWB file {path} has no animal {animal!r}; it holds "
-                            f"{', '.join(sorted(groups))}.")
-        key = animal if animal is not None else next(iter(groups))
+        key = _pick_animal(f"NWB file {path}", animal, sorted(groups))
         group = groups[key]
         series = {n: g for n, g in group.items()
                   if isinstance(g, h5py.Group) and isinstance(g.get("data"), h5py.Dataset)}
@@ -245,17 +239,22 @@ def _read_sleap(path: Path, animal, names, fps) -> Keypoints:
     if tracks.shape[1] != 3:
         raise ClipError(f"SLEAP analysis file {path} holds 2D points; the fit needs 3D "
                         f"keypoints (triangulate them first, e.g. with sleap-anipose).")
-    if animal is None and len(tracks) > 1:
-        raise ClipError(f"SLEAP analysis file {path} holds {len(tracks)} animals "
-                        f"({', '.join(track_names)}); pick one with --animal.")
-    if animal is not None and animal not in track_names:
-        raise ClipError(f"SLEAP analysis file {path} has no animal {animal!r}; it holds "
-                        f"{', '.join(track_names)}.")
-    i = track_names.index(animal) if animal is not None else 0
+    i = track_names.index(_pick_animal(f"SLEAP analysis file {path}", animal, track_names))
     xyz = np.transpose(tracks[i], (2, 1, 0))  # (T, K, 3)
     conf = None if scores is None else np.transpose(scores[i], (1, 0))
     return Keypoints(xyz, tuple(nodes), np.arange(len(xyz)) / float(fps), conf, None, str(path),
                      animal)
+
+
+def _pick_animal(where: str, animal: str | None, available: list[str]) -> str:
+    """``animal`` if ``available`` has it; the only one when ``animal`` is None; else one
+    sentence naming them."""
+    if animal is None and len(available) > 1:
+        raise ClipError(f"{where} holds {len(available)} animals ({', '.join(available)}); "
+                        f"pick one with --animal.")
+    if animal is not None and animal not in available:
+        raise ClipError(f"{where} has no animal {animal!r}; it holds {', '.join(available)}.")
+    return available[0] if animal is None else animal
 
 
 def _checked(kp: Keypoints) -> Keypoints:

@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from ncssm_policies.hookspecs import FAMILIES, PolicySpec
+from ncssm_policies.registry import _describe, _kind  # the registry's one-sentence helpers
 
 B, D_IN, OUT_DIM = 2, 5, 3  # the inputs the check feeds
 STEPS = 50  # step-vs-parallel length; the carry is reset half way
@@ -354,15 +355,3 @@ class _Checker:
 
 def _kwargs(hparams: dict) -> str:
     return ", ".join(f"{k}={v!r}" for k, v in hparams.items())
-
-
-def _kind(value: Any) -> str:
-    text = repr(value)
-    if len(text) > 60:
-        text = text[:57] + "..."
-    return f"{type(value).__name__} {text}"
-
-
-def _describe(err: BaseException) -> str:
-    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-    return f"{type(err).__name__}: {lines[0]}" if lines else type(err).__name__
