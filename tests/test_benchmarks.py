@@ -58,6 +58,11 @@ SMOKE = {
         r"ratio \(before / after\): [\d.]+x(.|\n)* +2 +20 +40 +[\d.]+ +[\d.]+",
     ),
     "compile_cache": (["--parts", "train"], r"train +compile cold .* ratio +[\d.]+x"),
+    "keypoint_fit": (  # built-in keypoints (no shared data); 4 frames: about 5 s
+        ["--synthetic", "--frames", "4", "--repeats", "1"],
+        r"IK only \(rounds=0, map offsets\) +[\d.]+ +[\d.]+ +[\d.]+ +[\d.]+\n"
+        r"ratio IK only / default: [\d.]+x frames/s",
+    ),
     "distributed": (  # 1 then 2 processes (jax.distributed on localhost), then a 1-trial sweep
         ["--clips", CLIPS, "--epochs", "2", "--iters", "2", "--batch", "4", "--seg-len", "20",
          "--d-model", "8", "--trials", "1", "--repeats", "1"],
