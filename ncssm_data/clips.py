@@ -22,7 +22,11 @@ the observation from the body; the training modes that read what it lacks refuse
 
 File attributes: ``schema_version`` (int), ``obs_layout`` (JSON string; only with ``obs``),
 ``body`` (str), ``control_dt`` (float, seconds), ``generator`` (str), and for a DART clip (a
-noisy rollout tracking another clip of the folder) ``dart_of`` (int, that clip's index).
+noisy rollout tracking another clip of the folder) ``dart_of`` (int, that clip's index). A clip
+made from a recording (``ncssm-data import``, ``fit-keypoints``) says where it came from:
+``source`` (str, the file) and ``source_start_s`` (float, its first frame's time in the
+recording, seconds); a keypoint fit adds ``interpolated`` (int array, the frames filled in
+between fitted ones because too few keypoints were present).
 Other datasets are ignored on read.
 """
 
@@ -173,6 +177,9 @@ def write_clip(
     control_dt: float,
     generator: str,
     dart_of: int | None = None,
+    source: str | None = None,
+    source_start_s: float | None = None,
+    interpolated: np.ndarray | None = None,
 ) -> Path:
     """Validate and atomically write one clip file; return its path.
 
@@ -201,6 +208,7 @@ def write_clip(
     _check_text(generator, "generator", where, empty=True)
     dt = _check_control_dt(control_dt, where)
     dart_of = _check_dart_of(dart_of, where)
+    provenance = _check_provenance(source, source_start_s, interpolated, where)
 
     data: dict[str, np.ndarray] = {}
     for key in _SPECS:  # canonical order
@@ -228,7 +236,30 @@ def write_clip(
         f.attrs["generator"] = generator
         if dart_of is not None:
             f.attrs["dart_of"] = int(dart_of)
+        for name, value in provenance.items():
+            f.attrs[name] = value
     return path
+
+
+def _check_provenance(source: Any, start_s: Any, interpolated: Any, where: str) -> dict[str, Any]:
+    """The provenance attributes to write (those given), each checked."""
+    out: dict[str, Any] = {}
+    if source is not None:
+        out["source"] = _check_text(source, "source", where, empty=False)
+    if start_s is not None:
+        ok = isinstance(start_s, (int, float, np.integer, np.floating)) and not isinstance(
+            start_s, (bool, np.bool_)) and math.isfinite(start_s)
+        if not ok:
+            raise ClipError(f"In {where}, source_start_s is {show(start_s)}, expected a finite "
+                            f"number of seconds.")
+        out["source_start_s"] = float(start_s)
+    if interpolated is not None:
+        a = np.asarray(interpolated)
+        if a.ndim != 1 or (a.size and a.dtype.kind not in "iu"):
+            raise ClipError(f"In {where}, interpolated has shape {a.shape} and dtype {a.dtype}, "
+                            f"expected a 1-D array of frame indices.")
+        out["interpolated"] = a.astype(np.int64)
+    return out
 
 
 @contextlib.contextmanager
@@ -294,6 +325,7 @@ class _Header:
     body: str | None
     control_dt: float | None
     dart_of: int | None = None  # a DART clip: the index of the clip it tracked
+    provenance: tuple = ()  # (name, value) of source, source_start_s, interpolated as stored
 
 
 def check_stored(ds: h5py.Dataset, key: str, where: str) -> None:
@@ -382,6 +414,9 @@ def _read_header(path: Path) -> _Header:
         body=_attr_str(attrs, "body", where),
         control_dt=None if control_dt is None else _check_control_dt(control_dt, where),
         dart_of=_check_dart_of(attrs.get("dart_of"), where),
+        provenance=tuple(_check_provenance(
+            _attr_str(attrs, "source", where), attrs.get("source_start_s"),
+            attrs.get("interpolated"), where).items()),
     )
 
 
@@ -525,6 +560,11 @@ class ClipStore:
                 raise ClipError(f"Clip file {self._headers[i].path} is a DART rollout of clip {j}, "
                                 f"which is not a nominal clip of {self.root}.")
         return out
+
+    def provenance(self, i: int) -> dict[str, Any]:
+        """Where clip ``i`` came from, as far as its file says: ``source`` (str),
+        ``source_start_s`` (float) and ``interpolated`` (frame indices), each when present."""
+        return dict(self._headers[i].provenance)
 
     def clip_has(self, i: int, key: str) -> bool:
         """Whether clip ``i`` holds dataset ``key``."""

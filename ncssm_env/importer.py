@@ -5,7 +5,9 @@ position (3), root quaternion (w, x, y, z), then the hinge angles. Columns follo
 order, or are named by a string array (``names_key``) and mapped onto the model's joints. Each
 clip is checked (width, finite, unit quaternions, joint ranges), resampled to the control rate
 (slerp for quaternions, linear for the rest), given finite-difference velocities, and written
-with :func:`ncssm_data.clips.write_clip` as ``qpos`` and ``qvel`` only.
+with :func:`ncssm_data.clips.write_clip` as ``qpos`` and ``qvel`` only, with its ``source``
+(the file, and the clip's group or index in it) and ``source_start_s`` (0: each clip is a whole
+array). :func:`write_reference_clips` is the writer ``ncssm-data fit-keypoints`` shares.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import numbers
 import re
 import zipfile
 from pathlib import Path
+from typing import NamedTuple
 
 import h5py
 import mujoco
@@ -230,13 +233,7 @@ def import_qpos(path, out_dir, *, body: str = "rodent", key: str = "qpos", fps: 
             want = "a non-negative" if zero_ok else "a positive"
             raise ClipError(f"{name} is {value!r} for {path}, expected {want} finite number.")
     K = check_count("K", K)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise ClipError(f"The output folder {out_dir} exists and is not a folder.")
-    old = sorted(p for p in out_dir.iterdir() if _CLIP_FILE.match(p.name)) if out_dir.is_dir() else []
-    if old and not overwrite:
-        shown = ", ".join(p.name for p in old[:3]) + (", ..." if len(old) > 3 else "")
-        raise ClipError(f"The output folder {out_dir} already holds clip files ({shown}); "
-                        f"pass overwrite=True (--overwrite) to replace them.")
+    old = old_clips(out_dir, overwrite)
     if not path.is_file():
         raise ClipError(f"The qpos file {path} does not exist.")
     model = build_model(body)
@@ -265,13 +262,51 @@ def import_qpos(path, out_dir, *, body: str = "rodent", key: str = "qpos", fps: 
             q[:, 2] += z_offset
         else:
             raise ClipError(f"z_offset is {z_offset!r} for {path}, expected metres or 'floor'.")
-        clips.append((label, q, finite_difference_qvel(model, q, control_dt)))
+        clips.append(ReferenceClip(
+            q, f"ncssm-data import {path.name}{label} (fps {fps:g} -> {1 / control_dt:g})",
+            f"{path.resolve()}{label}", 0.0))
+    return write_reference_clips(out_dir, clips, model, body, control_dt, old)
+
+
+class ReferenceClip(NamedTuple):
+    """One clip to write: ``qpos`` (T, nq) at the control rate, its ``generator`` text, its
+    ``source`` file, its first frame's time in it (``source_start_s``), and the
+    ``interpolated`` frames (indices) where it has any."""
+
+    qpos: np.ndarray
+    generator: str
+    source: str
+    source_start_s: float
+    interpolated: np.ndarray | None = None
+
+
+def old_clips(out_dir: Path, overwrite: bool) -> list[Path]:
+    """The clip files already in ``out_dir``, refused in one sentence unless ``overwrite``."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ClipError(f"The output folder {out_dir} exists and is not a folder.")
+    old = sorted(p for p in out_dir.iterdir() if _CLIP_FILE.match(p.name)) if out_dir.is_dir() else []
+    if old and not overwrite:
+        shown = ", ".join(p.name for p in old[:3]) + (", ..." if len(old) > 3 else "")
+        raise ClipError(f"The output folder {out_dir} already holds clip files ({shown}); "
+                        f"pass overwrite=True (--overwrite) to replace them.")
+    return old
+
+
+def write_reference_clips(out_dir: Path, clips: list[ReferenceClip], model: mujoco.MjModel,
+                          body: str, control_dt: float, old: list[Path]) -> list[Path]:
+    """Write each of ``clips`` as the reference-only ``out_dir/clip_<i>.h5`` (``qpos`` and its
+    finite-difference ``qvel``), then remove the ``old`` clip files not written over. Every
+    clip is checked by :func:`write_clip` before it is written, each file atomically."""
+    out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
-    for i, (label, q, qv) in enumerate(clips):
-        gen = f"ncssm-data import {path.name}{label} (fps {fps:g} -> {1 / control_dt:g})"
-        written.append(write_clip(out_dir / f"clip_{i}.h5", {"qpos": q, "qvel": qv}, obs_layout=None,
-                                  body=body, control_dt=control_dt, generator=gen))
+    for i, c in enumerate(clips):
+        qvel = finite_difference_qvel(model, c.qpos, control_dt)
+        written.append(write_clip(
+            out_dir / f"clip_{i}.h5", {"qpos": c.qpos, "qvel": qvel}, obs_layout=None,
+            body=body, control_dt=control_dt, generator=c.generator, source=c.source,
+            source_start_s=c.source_start_s, interpolated=c.interpolated))
     for p in old:
         if p not in written:
             p.unlink()

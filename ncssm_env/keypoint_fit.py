@@ -148,7 +148,9 @@ class FitConfig:
     1 per metre; ``iterations`` Gauss-Newton steps per frame (``first_iterations`` for the
     first); ``rounds`` of [IK over the frames, then the offsets]; ``offset_pull`` how hard each
     offset is pulled toward its initial value (0: free); ``offset_every`` the frame stride of
-    the offset fit; ``min_keypoints`` below which a frame is interpolated, not fitted."""
+    the offset fit; ``min_keypoints`` below which a frame is interpolated, not fitted;
+    ``min_confidence`` below which a keypoint counts as missing (where the file has
+    confidences)."""
 
     posture_cost: float = 3e-3
     iterations: int = 10
@@ -157,15 +159,55 @@ class FitConfig:
     offset_pull: float = 0.1
     offset_every: int = 2
     min_keypoints: int = 6
+    min_confidence: float = 0.0
     solver: str = "daqp"
     tol: float = 1e-6
+
+
+def load_fit_config(path: str | Path) -> FitConfig:
+    """The ``fit:`` mapping of the keypoint config ``path`` over :class:`FitConfig`'s defaults
+    (absent: the defaults). An unknown key, or a value of the wrong type or sign, is one
+    sentence."""
+    path = Path(path)
+    try:
+        cfg = yaml.safe_load(path.read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+        raise ClipError(f"Keypoint config {path} cannot be read as YAML "
+                        f"({type(err).__name__}).") from None
+    entries = (cfg or {}).get("fit", {}) if isinstance(cfg, dict) else None
+    if not isinstance(entries, dict):
+        raise ClipError(f"Keypoint config {path}: 'fit' is {entries!r}, expected a mapping of "
+                        f"{', '.join(FitConfig.__dataclass_fields__)}.")
+    defaults = FitConfig()
+    values = {}
+    for key, value in entries.items():
+        if key not in FitConfig.__dataclass_fields__:
+            close = difflib.get_close_matches(str(key), FitConfig.__dataclass_fields__, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ClipError(f"Keypoint config {path}: fit key {key!r} is unknown{hint}; known "
+                            f"keys are {', '.join(FitConfig.__dataclass_fields__)}.")
+        kind = type(getattr(defaults, key))
+        if kind is str:
+            ok = isinstance(value, str) and value
+        elif kind is int:
+            ok = isinstance(value, int) and not isinstance(value, bool) and value >= 0
+        else:
+            ok = (isinstance(value, (int, float)) and not isinstance(value, bool)
+                  and np.isfinite(value) and value >= 0)
+        if not ok:
+            raise ClipError(f"Keypoint config {path}: fit.{key} is {value!r}, expected a "
+                            f"non-negative {'string' if kind is str else kind.__name__}.")
+        values[key] = kind(value)
+    return FitConfig(**values)
 
 
 @dataclass
 class Fit:
     """The fit of T frames: ``qpos`` (T, nq), the keypoint ``offsets`` (K, 3) in their bodies'
     frames, the ``residual`` (T, K) metres (NaN where a keypoint is missing), ``interpolated``
-    (T,) the frames with too few keypoints, and ``limit_hits`` (T,) hinge joints at a limit."""
+    (T,) the frames with too few keypoints, ``limit_hits`` (T,) hinge joints at a limit, the
+    IK's ``seconds_per_frame`` (per frame and pass), and ``site_xyz`` (T, K, 3) metres the
+    keypoints on the fitted body."""
 
     qpos: np.ndarray
     offsets: np.ndarray
@@ -173,6 +215,7 @@ class Fit:
     interpolated: np.ndarray
     limit_hits: np.ndarray
     seconds_per_frame: float = field(default=0.0)
+    site_xyz: np.ndarray | None = None
 
 
 def fitting_model(body: str, kmap: KeypointMap, offsets: np.ndarray | None = None):
@@ -265,17 +308,19 @@ def fit_keypoints(xyz: np.ndarray, body: str, kmap: KeypointMap,
     qpos = _interpolate(qpos, fitted)
     model.site_pos[sites] = offsets
     residual = np.full(present.shape, np.nan)
+    site_xyz = np.empty(xyz.shape)
     hits = np.zeros(len(xyz), int)
     hinge = model.jnt_type == mujoco.mjtJoint.mjJNT_HINGE
     adr, lo, hi = model.jnt_qposadr[hinge], model.jnt_range[hinge, 0], model.jnt_range[hinge, 1]
     for t in range(len(xyz)):
         data.qpos[:] = qpos[t]
         mujoco.mj_kinematics(model, data)
-        err = np.linalg.norm(data.site_xpos[sites] - xyz[t], axis=1)
+        site_xyz[t] = data.site_xpos[sites]
+        err = np.linalg.norm(site_xyz[t] - xyz[t], axis=1)
         residual[t, present[t]] = err[present[t]]
         angle = qpos[t, adr]
         hits[t] = int(((angle <= lo + 1e-4) | (angle >= hi - 1e-4)).sum())
-    return Fit(qpos, offsets, residual, ~fitted, hits, seconds)
+    return Fit(qpos, offsets, residual, ~fitted, hits, seconds, site_xyz)
 
 
 def _fit_offsets(model, data, kmap, qpos, xyz, use, cfg) -> np.ndarray:

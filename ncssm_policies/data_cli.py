@@ -66,6 +66,30 @@ def main(argv: list[str] | None = None) -> int:
                      help="lift the root by this much, or 'floor': so the lowest paw of each "
                           "clip's deepest frame just touches the floor (for fits made against "
                           "another floor height)")
+    fit = sub.add_parser("fit-keypoints", help="fit the body to recorded 3D keypoints (NWB with "
+                         "ndx-pose, DANNCE .mat, SLEAP) and write reference-only clips")
+    fit.add_argument("--keypoints", required=True, metavar="FILE",
+                     help="the recording (.nwb, .mat, .h5 SLEAP analysis, .slp)")
+    fit.add_argument("--body", default="rodent")
+    fit.add_argument("--out", required=True, help="folder for clip_<i>.h5 and the fit's report")
+    fit.add_argument("--config", help="the keypoint map and fit settings (default: "
+                     "configs/keypoints_rodent.yaml of the source tree)")
+    fit.add_argument("--units", choices=["m", "cm", "mm"],
+                     help="the recording's length unit (default: detected from bone lengths)")
+    fit.add_argument("--format",
+                     help="the file's format (default: from its extension)")
+    fit.add_argument("--animal", help="the animal (PoseEstimation group or track) of a file "
+                     "holding several")
+    fit.add_argument("--fps", type=float, help="the frame rate, for files that state none (.mat)")
+    fit.add_argument("--clip-len", type=float, metavar="SECONDS", help="cut clips this long")
+    fit.add_argument("--max-gap", type=float, default=0.5, metavar="SECONDS",
+                     help="split where more than this many seconds in a row had too few "
+                     "keypoints (shorter gaps are interpolated and marked)")
+    fit.add_argument("--frames", type=int, help="fit only the first N frames")
+    fit.add_argument("--z-offset", default="floor", metavar="METRES|floor",
+                     help="lift the fit (default: its lowest paw onto the floor)")
+    fit.add_argument("--no-video", action="store_true", help="skip fit.mp4")
+    fit.add_argument("--overwrite", action="store_true", help="replace clip files in --out")
     mnr = sub.add_parser("export-minari", help="replay clips through NCSSM-Track-v0 into a "
                                                "Minari dataset (see ncssm_env.minari_export)")
     mnr.add_argument("clip_dir", metavar="CLIP_DIR", help="a folder of clip_<i>.h5 with /ctrl")
@@ -85,6 +109,8 @@ def main(argv: list[str] | None = None) -> int:
         return _segment(args)
     if args.command == "import":
         return _import(args)
+    if args.command == "fit-keypoints":
+        return _fit_keypoints(args)
     if args.command == "dart":
         return _dart(args)
 
@@ -162,6 +188,37 @@ def _import(args) -> int:
         frames = f"{', '.join(map(str, lengths))} frames"
     print(f"ncssm-data import: wrote {len(paths)} clip{'s' * (len(paths) != 1)} of {frames} "
           f"({args.fps:g} fps -> {rate:g} Hz) to {args.out}")
+    return 0
+
+
+def _fit_keypoints(args) -> int:
+    from ncssm_data.locks import writing
+    from ncssm_policies.fit_keypoints import fit_recording
+
+    try:
+        with writing(args.out):
+            report = fit_recording(
+                args.keypoints, args.out, body=args.body, config=args.config, units=args.units,
+                format=args.format, animal=args.animal, fps=args.fps, clip_len_s=args.clip_len,
+                max_gap_s=args.max_gap, z_offset=_z_offset(args.z_offset), frames=args.frames,
+                overwrite=args.overwrite, video=not args.no_video)
+    except (ValueError, OSError) as err:  # ClipError is a ValueError
+        print(f"ncssm-data: error: {err}", file=sys.stderr)
+        return 2
+    res, clips = report["residual_mm"], report["clips"]
+    worst = max(report["residual_per_keypoint"].items(),
+                key=lambda kv: -1 if kv[1]["median_mm"] is None else kv[1]["median_mm"])
+    print(f"ncssm-data fit-keypoints: {report['frames']} frames at {report['fps']:g} fps in "
+          f"{report['units']} ({'detected' if args.units is None else 'given'}; the file says "
+          f"{report['units_stated_by_file']}), the animal {report['size_vs_body']:g} times the "
+          f"body; residual median {res['median']:g} mm, p95 {res['p95']:g} mm (worst keypoint "
+          f"{worst[0]}, median {worst[1]['median_mm']} mm); {report['limit_hits_per_frame']:g} "
+          f"of {report['hinges']} hinges at a limit per frame; "
+          f"{report['interpolated_frames']} frames interpolated; "
+          f"{1000 * report['seconds_per_frame']:.1f} ms per frame per pass")
+    print(f"wrote {len(clips)} clip{'s' * (len(clips) != 1)} "
+          f"({', '.join(str(c['frames']) for c in clips)} frames at 50 Hz) and fit_report.json, "
+          f"fit_residuals.png{'' if args.no_video else ', fit.mp4'} to {args.out}")
     return 0
 
 

@@ -233,7 +233,8 @@ def _body_radius(model, data, root: int) -> float:
 
 
 def render_episode(path: str | os.PathLike[str], body: str, qpos, ref_qpos=None, fps: float = 50.0,
-                   width: int = 320, height: int = 240, contacts: str = "body") -> Path:
+                   width: int = 320, height: int = 240, contacts: str = "body",
+                   markers=()) -> Path:
     """Render ``qpos`` (T, nq) of ``body`` to an mp4 (H.264) at ``path``; return the path.
 
     Each frame is (height, width, 3), or with ``ref_qpos`` (T, nq) the reference (left) and the
@@ -241,7 +242,9 @@ def render_episode(path: str | os.PathLike[str], body: str, qpos, ref_qpos=None,
     body from a fixed angle, far enough that the body's bounding sphere fits the view; shadows
     are off (they cost most of the render time in software). ``width`` and ``height`` must be
     even (libx264 with yuv420p). Written atomically like the HDF5 files. Needs an OpenGL backend
-    (``MUJOCO_GL=egl`` on a headless machine, set before importing mujoco).
+    (``MUJOCO_GL=egl`` on a headless machine, set before importing mujoco). ``markers`` is a
+    sequence of (positions (T, M, 3) metres, NaN: not drawn; rgba) drawn as 4 mm spheres on
+    the (last) panel, such as recorded keypoints.
     """
     import imageio
     import mujoco
@@ -273,6 +276,12 @@ def render_episode(path: str | os.PathLike[str], body: str, qpos, ref_qpos=None,
         raise ValueError(
             f"ref_qpos has shape {panels[0].shape} but qpos has {panels[-1].shape}; they must match."
         )
+    markers = [(np.asarray(xyz, dtype=np.float64), rgba) for xyz, rgba in markers]
+    for xyz, rgba in markers:
+        if xyz.ndim != 3 or xyz.shape[0] != panels[-1].shape[0] or xyz.shape[2] != 3 \
+                or np.shape(rgba) != (4,):
+            raise ValueError(f"A marker array has shape {xyz.shape} and colour {rgba!r}, expected "
+                             f"({panels[-1].shape[0]}, M, 3) and 4 numbers.")
     if not path.parent.is_dir():
         raise ValueError(f"The folder {path.parent} of video {path} does not exist.")
 
@@ -306,8 +315,24 @@ def render_episode(path: str | os.PathLike[str], body: str, qpos, ref_qpos=None,
                         mujoco.mj_forward(model, data)
                         cam.lookat[:] = data.xpos[root]
                         renderer.update_scene(data, camera=cam)
+                        if q is panels[-1]:
+                            _draw_markers(renderer.scene, [(xyz[t], rgba) for xyz, rgba in markers])
                         images.append(renderer.render())
                     writer.append_data(np.concatenate(images, axis=1))
     finally:
         renderer.close()
     return path
+
+
+def _draw_markers(scene, markers) -> None:
+    """Add a 4 mm sphere to ``scene`` at each finite position of ``markers`` [(M, 3), rgba]."""
+    import mujoco
+
+    size, eye = np.array([0.004, 0.0, 0.0]), np.eye(3).ravel()
+    for xyz, rgba in markers:
+        for p in xyz[np.isfinite(xyz).all(axis=1)]:
+            if scene.ngeom >= scene.maxgeom:
+                return
+            mujoco.mjv_initGeom(scene.geoms[scene.ngeom], mujoco.mjtGeom.mjGEOM_SPHERE, size, p,
+                                eye, np.asarray(rgba, dtype=np.float32))
+            scene.ngeom += 1

@@ -93,6 +93,8 @@ def test_synthetic_round_trip_and_name_mapping(tmp_path, test_model):
     import_qpos(tmp_path / "plain.npz", tmp_path / "a", body="test", fps=25)
     with ClipStore(tmp_path / "a") as store:
         clip = _check_round_trip(test_model, src, store)
+        assert store.provenance(0) == {"source": str((tmp_path / "plain.npz").resolve()),
+                                       "source_start_s": 0.0}
     shuffled, names = _shuffle(src, TEST_NAMES, seed=1)
     np.savez(tmp_path / "named.npz", qpos=shuffled, names=names)
     import_qpos(tmp_path / "named.npz", tmp_path / "b", body="test", fps=25, names_key="names")

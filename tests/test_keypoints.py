@@ -309,3 +309,77 @@ def test_missing_keypoints_and_empty_frames(synthetic):
     np.testing.assert_allclose(fit.qpos[5, 7:], (fit.qpos[4, 7:] + fit.qpos[6, 7:]) / 2, atol=1e-12)
     with pytest.raises(ClipError, match="No frame has 6 or more keypoints present"):
         fit_keypoints(np.full_like(xyz, np.nan), "rodent", true)
+
+
+# --- ncssm-data fit-keypoints --------------------------------------------------------------------
+
+
+def _nwb(path: Path, xyz: np.ndarray, names, fps: float) -> Path:
+    """One animal's keypoints ``xyz`` (T, K, 3) in ndx-pose's layout, stated as pixels."""
+    with h5py.File(path, "w") as f:
+        group = f.create_group("processing/behavior/PoseEstimation")
+        group.attrs["neurodata_type"] = "PoseEstimation"
+        group.create_dataset("nodes", data=np.array(names, dtype=h5py.string_dtype()))
+        for k, name in enumerate(names):
+            series = group.create_group(name)
+            series.create_dataset("data", data=xyz[:, k]).attrs["unit"] = "pixels"
+            series.create_dataset("timestamps", data=10.0 + np.arange(len(xyz)) / fps)
+    return path
+
+
+def test_fit_keypoints_writes_clips_provenance_and_report(synthetic, tmp_path, capsys):
+    """The command on 20 frames (50 fps, mm) with a 3-frame hole: one clip with the hole
+    interpolated and marked, or, with --max-gap below the hole, two clips each saying where
+    in the recording it starts; the report, the figure and the video beside them."""
+    import json
+
+    from ncssm_data import ClipStore
+    from ncssm_policies.data_cli import main
+
+    _, xyz, kmap, _ = synthetic
+    xyz = xyz[:20] * 1000.0  # millimetres, as DANNCE writes them
+    xyz[10:13] = np.nan
+    rec = _nwb(tmp_path / "rat.nwb", xyz, kmap.names, 50.0)
+    config = tmp_path / "map.yaml"
+    config.write_text(MAP.read_text().replace("rounds: 4 ", "rounds: 1 "))  # faster
+    args = ["fit-keypoints", "--keypoints", str(rec), "--config", str(config)]
+    assert main([*args, "--out", str(tmp_path / "one")]) == 0
+    printed = capsys.readouterr().out
+    assert "in mm (detected; the file says pixels)" in printed and "wrote 1 clip" in printed
+    report = json.loads((tmp_path / "one" / "fit_report.json").read_text())
+    assert report["units"] == "mm" and report["fit"]["rounds"] == 1
+    assert report["residual_mm"]["median"] < 3.0 and report["interpolated_frames"] == 3
+    assert set(report["residual_per_keypoint"]) == set(kmap.names)
+    assert abs(report["z_lift_m"]) < 0.02  # the built-in clip's paws were on the floor
+    with ClipStore(tmp_path / "one") as store:
+        assert list(store.lengths) == [20] and store.body == "rodent"
+        info = store.provenance(0)
+        assert info["source"] == str(rec.resolve()) and info["source_start_s"] == 10.0
+        assert info["interpolated"].tolist() == [10, 11, 12]
+    for name in ("fit_residuals.png", "fit.mp4"):
+        assert (tmp_path / "one" / name).stat().st_size > 1000
+
+    assert main([*args, "--out", str(tmp_path / "two"), "--max-gap", "0.04", "--no-video"]) == 0
+    with ClipStore(tmp_path / "two") as store:
+        assert list(store.lengths) == [10, 7]
+        assert [store.provenance(i)["source_start_s"] for i in range(2)] == [10.0, 10.26]
+        assert store.provenance(1)["interpolated"].size == 0
+    assert not (tmp_path / "two" / "fit.mp4").exists()
+
+
+def test_fit_keypoints_refuses_empty_and_sparse_recordings(synthetic, tmp_path, capsys):
+    from ncssm_policies.data_cli import main
+
+    _, xyz, kmap, _ = synthetic
+    cases = {"empty": (np.full_like(xyz[:8], np.nan), "has no keypoint present in any of its "
+                                                       "8 frames (all NaN)."),
+             "sparse": (xyz[:8].copy(), "No frame has 6 or more keypoints present (of 23)")}
+    cases["sparse"][0][:, 4:] = np.nan  # 4 keypoints per frame: too few for any frame
+    for name, (bad, sentence) in cases.items():
+        rec = _nwb(tmp_path / f"{name}.nwb", bad * 1000.0, kmap.names, 50.0)
+        out = tmp_path / name
+        assert main(["fit-keypoints", "--keypoints", str(rec), "--out", str(out),
+                     "--units", "mm"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("ncssm-data: error: ") and sentence in err and "\n" not in err
+        assert not list(out.glob("clip_*.h5"))
