@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import difflib
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -261,11 +260,17 @@ def fit_keypoints(xyz: np.ndarray, body: str, kmap: KeypointMap,
                   cfg: FitConfig = FitConfig()) -> Fit:
     """Fit ``body`` to keypoints ``xyz`` (T, K, 3) metres, in ``kmap``'s order, NaN where
     missing. See the module docstring; the offsets start at the map's."""
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(1):  # small dense solves: BLAS threads only cost (20 vs 65 ms/frame)
+        return _fit(xyz, body, kmap, cfg)
+
+
+def _fit(xyz, body, kmap, cfg) -> Fit:
     import time
 
     import mink
 
-    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # small dense solves: threads only cost
     model, sites = fitting_model(body, kmap)
     data = mujoco.MjData(model)
     xyz = np.asarray(xyz, np.float64)
@@ -321,6 +326,37 @@ def fit_keypoints(xyz: np.ndarray, body: str, kmap: KeypointMap,
         angle = qpos[t, adr]
         hits[t] = int(((angle <= lo + 1e-4) | (angle >= hi - 1e-4)).sum())
     return Fit(qpos, offsets, residual, ~fitted, hits, seconds, site_xyz)
+
+
+def determined_joints(model: mujoco.MjModel, sites: np.ndarray, qpos: np.ndarray,
+                      min_m_per_rad: float = 0.01, frames: int = 20) -> tuple[np.ndarray, np.ndarray]:
+    """Which hinge joints the keypoints pin down: for each hinge, the part of its column of the
+    keypoint sites' Jacobian (3K,) that no combination of the other joints (the root
+    included) can reproduce, metres per radian, the median over up to ``frames`` frames of
+    ``qpos`` (T, nq). A joint below ``min_m_per_rad`` can move without moving any keypoint
+    more than the others can undo (the tail, the toes, a chain of vertebrae between two
+    keypoints), so its angle comes from the posture task, not the data. Returns the hinges'
+    qpos addresses (H,) and their scores (H,); the determined ones are ``score >=
+    min_m_per_rad``."""
+    data = mujoco.MjData(model)
+    hinge = np.flatnonzero(model.jnt_type == mujoco.mjtJoint.mjJNT_HINGE)
+    dofs = model.jnt_dofadr[hinge]
+    jac, col = np.zeros((3 * len(sites), model.nv)), np.zeros((3, model.nv))
+    scores = []
+    for q in qpos[np.linspace(0, len(qpos) - 1, min(frames, len(qpos))).astype(int)]:
+        data.qpos[:] = q
+        mujoco.mj_kinematics(model, data)
+        mujoco.mj_comPos(model, data)
+        for i, s in enumerate(sites):
+            mujoco.mj_jacSite(model, data, col, None, int(s))
+            jac[3 * i:3 * i + 3] = col
+        row = []
+        for d in dofs:
+            others = np.delete(jac, d, axis=1)
+            coef = np.linalg.lstsq(others, jac[:, d], rcond=None)[0]
+            row.append(np.linalg.norm(jac[:, d] - others @ coef))
+        scores.append(row)
+    return model.jnt_qposadr[hinge], np.median(scores, axis=0)
 
 
 def _fit_offsets(model, data, kmap, qpos, xyz, use, cfg) -> np.ndarray:

@@ -213,7 +213,8 @@ def _fit_keypoints(args) -> int:
           f"{report['units_stated_by_file']}), the animal {report['size_vs_body']:g} times the "
           f"body; residual median {res['median']:g} mm, p95 {res['p95']:g} mm (worst keypoint "
           f"{worst[0]}, median {worst[1]['median_mm']} mm); {report['limit_hits_per_frame']:g} "
-          f"of {report['hinges']} hinges at a limit per frame; "
+          f"of {report['hinges']} hinges at a limit per frame, "
+          f"{len(report['hinges_determined'])} determined by the keypoints; "
           f"{report['interpolated_frames']} frames interpolated; "
           f"{1000 * report['seconds_per_frame']:.1f} ms per frame per pass")
     print(f"wrote {len(clips)} clip{'s' * (len(clips) != 1)} "

@@ -153,7 +153,7 @@ def fit_recording(keypoints: str | Path, out_dir: str | Path, *, body: str = "ro
                         f"{len(xyz)} frames interpolated).")
     paths = write_reference_clips(out_dir, clips, model, body, CONTROL_DT, old)
 
-    report = _report(rec, kmap, fit, model, unit, detected, ratio, fit_cfg, keypoints, config,
+    report = _report(rec, kmap, fit, body, model, unit, detected, ratio, fit_cfg, keypoints, config,
                      lift, list(zip(paths, clips, kept)), dropped)
     _write_json(out_dir / "fit_report.json", report)
     plot_residuals(out_dir / "fit_residuals.png", rec.times, fit.residual, kmap.names,
@@ -167,7 +167,7 @@ def fit_recording(keypoints: str | Path, out_dir: str | Path, *, body: str = "ro
     return report
 
 
-def _report(rec, kmap, fit, model, unit, detected, ratio, fit_cfg, keypoints, config, lift,
+def _report(rec, kmap, fit, body, model, unit, detected, ratio, fit_cfg, keypoints, config, lift,
             written, dropped) -> dict:
     """What ``fit_report.json`` holds (see :func:`fit_recording`)."""
     import mujoco
@@ -188,6 +188,11 @@ def _report(rec, kmap, fit, model, unit, detected, ratio, fit_cfg, keypoints, co
     at = (angle <= rng[:, 0] + 1e-4) | (angle >= rng[:, 1] - 1e-4)
     joint_hits = {model.joint(j).name.split("/", 1)[-1]: int(n)
                   for j, n in zip(hinge, at.sum(axis=0)) if n}
+    from ncssm_env.keypoint_fit import determined_joints, fitting_model
+
+    adr, score = determined_joints(*fitting_model(body, kmap, fit.offsets),
+                                   fit.qpos[~fit.interpolated])
+    by_adr = {int(model.jnt_qposadr[j]): model.joint(j).name.split("/", 1)[-1] for j in hinge}
     return {
         "source": str(keypoints.resolve()),
         "animal": rec.animal,
@@ -207,6 +212,7 @@ def _report(rec, kmap, fit, model, unit, detected, ratio, fit_cfg, keypoints, co
         "limit_hits_per_frame": _round(float(fit.limit_hits.mean())),
         "limit_hits_per_joint": dict(sorted(joint_hits.items(), key=lambda kv: -kv[1])),
         "hinges": int(len(hinge)),
+        "hinges_determined": [by_adr[int(a)] for a in adr[score >= 0.01]],
         "seconds_per_frame": _round(fit.seconds_per_frame, 5),
         "passes": fit_cfg.rounds + 1,
         "z_lift_m": _round(lift, 5),
