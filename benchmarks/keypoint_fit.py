@@ -5,7 +5,8 @@ one IK pass at the map's initial offsets (``rounds=0``, no offset fit), in this 
 The comparison is the choice a user makes (``FitConfig.rounds``): it prints what the offset
 fit costs in time (the ratio of frames/s; about 5 passes against 1, so near 5x unless the
 offset fit or the first frame's 200 iterations weigh) and what it buys in residual (the map's
-offsets are zeros, each keypoint at its body's origin, so one pass leaves centimetres). The
+offsets are first guesses: a limb keypoint at the joint it is named after, the head and spine
+keypoints at their body's origin, so one pass leaves millimetres to centimetres). The
 ms per frame per pass (``Fit.seconds_per_frame``) shows that both sides' IK passes cost alike.
 
 Input: the shared 1000-frame DANNCE rat (``--keypoints``, millimetres at 30 fps; a DANNCE
@@ -14,7 +15,7 @@ which is the skeleton's), its first ``--frames``; or ``--synthetic``: the map's 
 offsets 1 cm off the map's on the rodent at qpos0 with small sinusoidal joint motion and a
 slow walk (no shared data needed). Each side runs ``--repeats`` times after an untimed
 warm-up (mink's import, the first solves); frames/s is wall time of the whole call (the model
-build and the residuals included). OPENBLAS_NUM_THREADS=1 is set before numpy loads (mink's
+build and the residuals included). The fit runs with one BLAS thread (threadpoolctl; mink's
 small dense solves only lose from threads: about 8 ms per solve with 2 threads, 1.8 with 1).
 
     python benchmarks/keypoint_fit.py                       # 1000 frames x 3 repeats: ~5 min
