@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -74,8 +75,8 @@ def fit_recording(keypoints: str | Path, out_dir: str | Path, *, body: str = "ro
                   overwrite: bool = False, video: bool = True, K: int = 5) -> dict:
     """Fit ``body`` to the recording ``keypoints`` and write its clips and report into
     ``out_dir`` (see the module docstring); return the report. ``frames`` keeps the first that
-    many frames. Every problem is one sentence (:class:`ClipError`), raised before any clip is
-    written."""
+    many frames. Every problem with the input is one sentence (:class:`ClipError`), raised
+    before any clip is written; the report, the figure and the video follow the clips."""
     import mujoco
 
     from ncssm_data.keypoints import read_keypoints
@@ -94,6 +95,9 @@ def fit_recording(keypoints: str | Path, out_dir: str | Path, *, body: str = "ro
         if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value)
                                       and value > 0):
             raise ClipError(f"{name} is {value!r}, expected a positive number of seconds.")
+    if frames is not None and (isinstance(frames, bool) or not isinstance(frames, int)
+                               or frames < 1):
+        raise ClipError(f"frames is {frames!r}, expected a positive number of frames.")
     if units is not None and units not in UNITS:
         raise ClipError(f"units is {units!r}, expected one of {', '.join(UNITS)}.")
     old = old_clips(out_dir, overwrite)
@@ -109,10 +113,10 @@ def fit_recording(keypoints: str | Path, out_dir: str | Path, *, body: str = "ro
     xyz = rec.xyz[:, index].copy()  # (T, K, 3), the map's order
     if rec.confidence is not None and fit_cfg.min_confidence > 0:
         xyz[rec.confidence[:, index] < fit_cfg.min_confidence] = np.nan
-    empty = ~np.isfinite(xyz).all(axis=2).any(axis=1)
-    if empty.all():
+    if not np.isfinite(xyz).all(axis=2).any():
+        low = " or below min_confidence" if fit_cfg.min_confidence > 0 else ""
         raise ClipError(f"Keypoint file {keypoints} has no keypoint present in any of its "
-                        f"{len(xyz)} frames (all NaN{' or below min_confidence' * bool(fit_cfg.min_confidence)}).")
+                        f"{len(xyz)} frames (all NaN{low}).")
     detected, ratio = detect_units(replace(rec, xyz=xyz, names=kmap.names), model, kmap)
     unit = units or detected
     fit = fit_keypoints(xyz / UNITS[unit], body, kmap, fit_cfg)
@@ -140,11 +144,12 @@ def fit_recording(keypoints: str | Path, out_dir: str | Path, *, body: str = "ro
         hi = np.minimum(lo + 1, b - a - 1)
         w = src - lo  # a control frame is marked when a frame it draws on was interpolated
         interp = fit.interpolated[a:b]
+        marked = np.flatnonzero(interp[lo] & (w < 1 - 1e-6) | interp[hi] & (w > 1e-6))
         who = f" animal {rec.animal}" if rec.animal else ""
         clips.append(ReferenceClip(
             q, f"ncssm-data fit-keypoints {keypoints.name}{who} frames {a}-{b - 1} "
                f"({rate:g} fps -> {1 / CONTROL_DT:g} Hz)",
-            str(keypoints.resolve()), float(rec.times[a]), np.flatnonzero(interp[lo] & (w < 1 - 1e-6) | interp[hi] & (w > 1e-6))))
+            str(keypoints.resolve()), float(rec.times[a]), marked))
         kept.append((a, b))
     if not clips:
         raise ClipError(f"Keypoint file {keypoints} gives no clip of at least K+2 = {K + 2} frames "
@@ -172,6 +177,8 @@ def _report(rec, kmap, fit, body, model, unit, detected, ratio, fit_cfg, keypoin
     """What ``fit_report.json`` holds (see :func:`fit_recording`)."""
     import mujoco
 
+    from ncssm_env.keypoint_fit import determined_joints, fitting_model
+
     res_mm = fit.residual * 1000.0
     per_kp = {}
     for k, name in enumerate(kmap.names):
@@ -183,16 +190,14 @@ def _report(rec, kmap, fit, body, model, unit, detected, ratio, fit_cfg, keypoin
     everything = res_mm[~fit.interpolated]
     everything = everything[np.isfinite(everything)]
     hinge = np.flatnonzero(model.jnt_type == mujoco.mjtJoint.mjJNT_HINGE)
-    adr, rng = model.jnt_qposadr[hinge], model.jnt_range[hinge]
-    angle = fit.qpos[:, adr]
+    rng = model.jnt_range[hinge]
+    angle = fit.qpos[:, model.jnt_qposadr[hinge]]
     at = (angle <= rng[:, 0] + 1e-4) | (angle >= rng[:, 1] - 1e-4)
-    joint_hits = {model.joint(j).name.split("/", 1)[-1]: int(n)
+    names = {int(model.jnt_qposadr[j]): model.joint(j).name.split("/", 1)[-1] for j in hinge}
+    joint_hits = {names[int(model.jnt_qposadr[j])]: int(n)
                   for j, n in zip(hinge, at.sum(axis=0)) if n}
-    from ncssm_env.keypoint_fit import determined_joints, fitting_model
-
     adr, score = determined_joints(*fitting_model(body, kmap, fit.offsets),
                                    fit.qpos[~fit.interpolated])
-    by_adr = {int(model.jnt_qposadr[j]): model.joint(j).name.split("/", 1)[-1] for j in hinge}
     return {
         "source": str(keypoints.resolve()),
         "animal": rec.animal,
@@ -212,7 +217,7 @@ def _report(rec, kmap, fit, body, model, unit, detected, ratio, fit_cfg, keypoin
         "limit_hits_per_frame": _round(float(fit.limit_hits.mean())),
         "limit_hits_per_joint": dict(sorted(joint_hits.items(), key=lambda kv: -kv[1])),
         "hinges": int(len(hinge)),
-        "hinges_determined": [by_adr[int(a)] for a in adr[score >= 0.01]],
+        "hinges_determined": [names[int(a)] for a in adr[score >= 0.01]],
         "seconds_per_frame": _round(fit.seconds_per_frame, 5),
         "passes": fit_cfg.rounds + 1,
         "z_lift_m": _round(lift, 5),
@@ -245,12 +250,9 @@ def plot_residuals(path: Path, times: np.ndarray, residual: np.ndarray, names, i
     t = times - times[0]
     for k in range(mm.shape[1]):
         ax.plot(t, mm[:, k], lw=0.5, alpha=0.35)
-    with np.errstate(all="ignore"):
-        import warnings
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            ax.plot(t, np.nanmedian(mm, axis=1), "k", lw=1.5, label="median over keypoints")
+    with warnings.catch_warnings():  # a frame with no keypoint has no median
+        warnings.simplefilter("ignore", RuntimeWarning)
+        ax.plot(t, np.nanmedian(mm, axis=1), "k", lw=1.5, label="median over keypoints")
     if interpolated.any():
         ax.fill_between(t, 0, 1, where=interpolated, transform=ax.get_xaxis_transform(),
                         color="0.85", label="interpolated")
