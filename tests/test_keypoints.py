@@ -1,6 +1,7 @@
 """Keypoint readers (ncssm_data.keypoints): each format round-trips a small file written here,
 the shared real recordings read alike as NWB and .mat, and bad files are one sentence."""
 
+import os
 from pathlib import Path
 
 import h5py
@@ -11,7 +12,8 @@ import scipy.io
 from ncssm_data.errors import ClipError
 from ncssm_data.keypoints import read_keypoints
 
-REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "real"
+REAL = Path(os.environ.get("NCSSM_REAL_DATA",
+                          Path(__file__).resolve().parents[2] / "shared" / "data" / "real"))
 NAMES = ("Snout", "SpineF", "HandL", "FootR")
 T, FPS = 12, 50.0
 
