@@ -40,18 +40,38 @@ class KeypointMap:
     body_names: tuple[str, ...] = ()  # the bodies' names in the body file (no "walker/")
 
 
+CONFIG_KEYS = ("body", "keypoints", "fit")
+
+
+def read_keypoint_config(path: str | Path) -> dict:
+    """The keypoint config ``path`` as a mapping with keys among :data:`CONFIG_KEYS`
+    (``body``: the body it maps onto; ``keypoints``: the map; ``fit``: :class:`FitConfig`'s
+    values). YAML is read safely (no tags run); anything else is one sentence."""
+    path = Path(path)
+    try:
+        cfg = yaml.safe_load(path.read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, RecursionError, ValueError) as err:
+        raise ClipError(f"Keypoint config {path} cannot be read as YAML "
+                        f"({type(err).__name__}).") from None
+    if not isinstance(cfg, dict):
+        raise ClipError(f"Keypoint config {path} holds {type(cfg).__name__}, expected a mapping "
+                        f"with keys {', '.join(CONFIG_KEYS)}.")
+    unknown = [k for k in cfg if k not in CONFIG_KEYS]
+    if unknown:
+        raise ClipError(f"Keypoint config {path} has unknown key {unknown[0]!r}; known keys are "
+                        f"{', '.join(CONFIG_KEYS)}.")
+    if "body" in cfg and not (isinstance(cfg["body"], str) and cfg["body"]):
+        raise ClipError(f"Keypoint config {path}: body is {cfg['body']!r}, expected a body name.")
+    return cfg
+
+
 def load_keypoint_map(path: str | Path, model: mujoco.MjModel,
                       recorded: Keypoints | None = None) -> KeypointMap:
     """The map in the YAML ``path`` (``keypoints: {NAME: {body: BODY, offset: [x, y, z]}}``),
     its bodies looked up in ``model`` (with or without the ``walker/`` prefix) and, with
     ``recorded``, its keypoints looked up in the recording."""
     path = Path(path)
-    try:
-        cfg = yaml.safe_load(path.read_text())
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
-        raise ClipError(f"Keypoint map {path} cannot be read as YAML "
-                        f"({type(err).__name__}).") from None
-    entries = cfg.get("keypoints") if isinstance(cfg, dict) else None
+    entries = read_keypoint_config(path).get("keypoints")
     if not isinstance(entries, dict) or not entries:
         raise ClipError(f"Keypoint map {path} has no 'keypoints' mapping, expected "
                         f"keypoints: {{NAME: {{body: BODY, offset: [x, y, z]}}}}.")
@@ -168,12 +188,7 @@ def load_fit_config(path: str | Path) -> FitConfig:
     (absent: the defaults). An unknown key, or a value of the wrong type or sign, is one
     sentence."""
     path = Path(path)
-    try:
-        cfg = yaml.safe_load(path.read_text())
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
-        raise ClipError(f"Keypoint config {path} cannot be read as YAML "
-                        f"({type(err).__name__}).") from None
-    entries = (cfg or {}).get("fit", {}) if isinstance(cfg, dict) else None
+    entries = read_keypoint_config(path).get("fit", {})
     if not isinstance(entries, dict):
         raise ClipError(f"Keypoint config {path}: 'fit' is {entries!r}, expected a mapping of "
                         f"{', '.join(FitConfig.__dataclass_fields__)}.")

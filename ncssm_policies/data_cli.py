@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
                          "ndx-pose, DANNCE .mat, SLEAP) and write reference-only clips")
     fit.add_argument("--keypoints", required=True, metavar="FILE",
                      help="the recording (.nwb, .mat, .h5 SLEAP analysis, .slp)")
-    fit.add_argument("--body", default="rodent")
+    fit.add_argument("--body", help="the body (default: the config's)")
     fit.add_argument("--out", required=True, help="folder for clip_<i>.h5 and the fit's report")
     fit.add_argument("--config", help="the keypoint map and fit settings (default: "
                      "configs/keypoints_rodent.yaml of the source tree)")

@@ -67,14 +67,15 @@ def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
     return list(zip(np.flatnonzero(edges == 1).tolist(), np.flatnonzero(edges == -1).tolist()))
 
 
-def fit_recording(keypoints: str | Path, out_dir: str | Path, *, body: str = "rodent",
+def fit_recording(keypoints: str | Path, out_dir: str | Path, *, body: str | None = None,
                   config: str | Path | None = None, units: str | None = None,
                   format: str | None = None, animal: str | None = None, fps: float | None = None,
                   clip_len_s: float | None = None, max_gap_s: float = 0.5,
                   z_offset: float | str = "floor", frames: int | None = None,
                   overwrite: bool = False, video: bool = True, K: int = 5) -> dict:
     """Fit ``body`` to the recording ``keypoints`` and write its clips and report into
-    ``out_dir`` (see the module docstring); return the report. ``frames`` keeps the first that
+    ``out_dir`` (see the module docstring); return the report. ``body`` defaults to the
+    config's (else ``"rodent"``) and must agree with it. ``frames`` keeps the first that
     many frames. Every problem with the input is one sentence (:class:`ClipError`), raised
     before any clip is written; the report, the figure and the video follow the clips."""
     import mujoco
@@ -84,7 +85,7 @@ def fit_recording(keypoints: str | Path, out_dir: str | Path, *, body: str = "ro
     from ncssm_env.importer import (ReferenceClip, floor_distance, old_clips, resample,
                                     write_reference_clips)
     from ncssm_env.keypoint_fit import (UNITS, detect_units, fit_keypoints, load_fit_config,
-                                        load_keypoint_map)
+                                        load_keypoint_map, read_keypoint_config)
 
     keypoints, out_dir = Path(keypoints), Path(out_dir)
     config = default_config() if config is None else Path(config)
@@ -100,6 +101,11 @@ def fit_recording(keypoints: str | Path, out_dir: str | Path, *, body: str = "ro
         raise ClipError(f"frames is {frames!r}, expected a positive number of frames.")
     if units is not None and units not in UNITS:
         raise ClipError(f"units is {units!r}, expected one of {', '.join(UNITS)}.")
+    mapped = read_keypoint_config(config).get("body")
+    if body is not None and mapped is not None and body != mapped:
+        raise ClipError(f"Keypoint config {config} maps keypoints onto body {mapped!r}, not "
+                        f"{body!r}; give a config for {body!r}.")
+    body = body or mapped or "rodent"
     old = old_clips(out_dir, overwrite)
     model = build_model(body)
     fit_cfg = load_fit_config(config)

@@ -389,3 +389,29 @@ def test_fit_keypoints_refuses_empty_and_sparse_recordings(synthetic, tmp_path, 
         err = capsys.readouterr().err.strip()
         assert err.startswith("ncssm-data: error: ") and sentence in err and "\n" not in err
         assert not list(out.glob("clip_*.h5"))
+
+
+def test_bad_keypoint_configs_are_one_sentence(tmp_path, capsys):
+    from ncssm_env.keypoint_fit import load_fit_config
+    from ncssm_policies.data_cli import main
+
+    good = MAP.read_text()
+    cases = {
+        "fit:\n  round: 2\n": "fit key 'round' is unknown (did you mean 'rounds'?)",
+        "fit:\n  rounds: -1\n": "fit.rounds is -1, expected a non-negative int.",
+        "fit: [1]\n": "'fit' is [1], expected a mapping of posture_cost",
+        "fits: {}\n": "has unknown key 'fits'; known keys are body, keypoints, fit.",
+        "a: &a [*a, *a]\n": "has unknown key 'a'",
+        "fit: !!python/object:os.system {}\n": "cannot be read as YAML (ConstructorError).",
+    }
+    for i, (extra, sentence) in enumerate(cases.items()):
+        path = tmp_path / f"c{i}.yaml"
+        path.write_text(good.split("fit:")[0] + extra)
+        with pytest.raises(ClipError) as err:
+            load_fit_config(path)
+        assert sentence in str(err.value) and str(err.value).startswith(f"Keypoint config {path}")
+    # the body the config maps onto is checked before the recording is read
+    assert main(["fit-keypoints", "--keypoints", str(tmp_path / "absent.nwb"), "--out",
+                 str(tmp_path / "out"), "--body", "test"]) == 2
+    assert capsys.readouterr().err.strip().endswith(
+        "maps keypoints onto body 'rodent', not 'test'; give a config for 'test'.")
