@@ -173,7 +173,8 @@ def fit_recording(keypoints: str | Path, out_dir: str | Path, *, body: str | Non
         from ncssm_policies.rollout_io import render_episode
 
         shown = np.where(np.isfinite(xyz), xyz / UNITS[unit], np.nan)
-        lifted = [(shown + [0, 0, lift], RECORDED_RGBA), (fit.site_xyz + [0, 0, lift], FITTED_RGBA)]
+        lifted = [(shown + [0, 0, lift], RECORDED_RGBA, 0.005),  # larger: seen round the body's
+                  (fit.site_xyz + [0, 0, lift], FITTED_RGBA, 0.003)]
         render_episode(out_dir / "fit.mp4", body, qpos, fps=rec.fps, markers=lifted)
     return report
 

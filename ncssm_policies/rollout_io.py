@@ -243,8 +243,8 @@ def render_episode(path: str | os.PathLike[str], body: str, qpos, ref_qpos=None,
     are off (they cost most of the render time in software). ``width`` and ``height`` must be
     even (libx264 with yuv420p). Written atomically like the HDF5 files. Needs an OpenGL backend
     (``MUJOCO_GL=egl`` on a headless machine, set before importing mujoco). ``markers`` is a
-    sequence of (positions (T, M, 3) metres, NaN: not drawn; rgba) drawn as 4 mm spheres on
-    the (last) panel, such as recorded keypoints.
+    sequence of (positions (T, M, 3) metres, NaN: not drawn; rgba; radius metres) drawn as
+    spheres on the (last) panel, such as recorded keypoints.
     """
     import imageio
     import mujoco
@@ -276,12 +276,13 @@ def render_episode(path: str | os.PathLike[str], body: str, qpos, ref_qpos=None,
         raise ValueError(
             f"ref_qpos has shape {panels[0].shape} but qpos has {panels[-1].shape}; they must match."
         )
-    markers = [(np.asarray(xyz, dtype=np.float64), rgba) for xyz, rgba in markers]
-    for xyz, rgba in markers:
+    markers = [(np.asarray(xyz, dtype=np.float64), rgba, r) for xyz, rgba, r in markers]
+    for xyz, rgba, r in markers:
         if xyz.ndim != 3 or xyz.shape[0] != panels[-1].shape[0] or xyz.shape[2] != 3 \
-                or np.shape(rgba) != (4,):
-            raise ValueError(f"A marker array has shape {xyz.shape} and colour {rgba!r}, expected "
-                             f"({panels[-1].shape[0]}, M, 3) and 4 numbers.")
+                or np.shape(rgba) != (4,) or not 0 < r < 1:
+            raise ValueError(f"A marker array has shape {xyz.shape}, colour {rgba!r} and radius "
+                             f"{r!r}, expected ({panels[-1].shape[0]}, M, 3), 4 numbers and "
+                             f"metres in (0, 1).")
     if not path.parent.is_dir():
         raise ValueError(f"The folder {path.parent} of video {path} does not exist.")
 
@@ -316,7 +317,8 @@ def render_episode(path: str | os.PathLike[str], body: str, qpos, ref_qpos=None,
                         cam.lookat[:] = data.xpos[root]
                         renderer.update_scene(data, camera=cam)
                         if q is panels[-1]:
-                            _draw_markers(renderer.scene, [(xyz[t], rgba) for xyz, rgba in markers])
+                            _draw_markers(renderer.scene, [(xyz[t], rgba, r)
+                                                           for xyz, rgba, r in markers])
                         images.append(renderer.render())
                     writer.append_data(np.concatenate(images, axis=1))
     finally:
@@ -325,11 +327,13 @@ def render_episode(path: str | os.PathLike[str], body: str, qpos, ref_qpos=None,
 
 
 def _draw_markers(scene, markers) -> None:
-    """Add a 4 mm sphere to ``scene`` at each finite position of ``markers`` [(M, 3), rgba]."""
+    """Add a sphere to ``scene`` at each finite position of ``markers`` [((M, 3), rgba,
+    radius)]."""
     import mujoco
 
-    size, eye = np.array([0.004, 0.0, 0.0]), np.eye(3).ravel()
-    for xyz, rgba in markers:
+    eye = np.eye(3).ravel()
+    for xyz, rgba, radius in markers:
+        size = np.array([radius, 0.0, 0.0])
         for p in xyz[np.isfinite(xyz).all(axis=1)]:
             if scene.ngeom >= scene.maxgeom:
                 return
